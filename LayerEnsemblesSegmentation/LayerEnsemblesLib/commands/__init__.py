@@ -1,0 +1,1 @@
+"""Sub-commands of ``layer-ensembles``: each module has ``add_parser(subparsers)`` and ``run(args)``."""

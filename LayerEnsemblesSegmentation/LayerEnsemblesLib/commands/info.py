@@ -1,0 +1,47 @@
+"""``layer-ensembles info MODEL``: the model's metadata in a readable form."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..contract import ModelMetadata, read_metadata
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="print a model file's metadata")
+    parser.add_argument("model", help="a model file written by `layer-ensembles export`")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON document")
+    parser.set_defaults(run=run)
+
+
+def describe(metadata: ModelMetadata) -> str:
+    """A summary a radiologist or an engineer can read; the Slicer module shows the same text."""
+    kept = metadata.num_heads - metadata.skip_heads
+    lines = [
+        f"name:           {metadata.name} ({metadata.kind}, format v{metadata.format_version})",
+        f"network:        {metadata.spatial_dims}D, {metadata.in_channels} input channel(s)",
+        "classes:        " + ", ".join(f"{c.value}={c.name}" for c in metadata.classes),
+        f"heads:          {metadata.num_heads} ({', '.join(metadata.head_names)})",
+        f"head strides:   {metadata.head_strides}",
+        f"kept heads:     {kept} (skip the first {metadata.skip_heads})",
+        f"target spacing: {metadata.target_spacing or 'native'} mm (x, y, z)",
+        f"orientation:    {metadata.orientation or 'as given'}",
+        f"normalisation:  {metadata.normalization}",
+        f"patch size:     {metadata.patch_size} (z, y, x), size divisor {metadata.size_divisor}",
+        "AULA threshold: " + (f"{metadata.aula_threshold:.3f} (calibrated)" if metadata.aula_threshold is not None
+                              else "not calibrated"),
+    ]
+    if metadata.kind == "deep_ensemble":
+        lines.append(f"members:        {metadata.members}")
+    if metadata.kind == "mc_dropout":
+        lines.append(f"samples:        {metadata.samples}")
+    for key, value in sorted(metadata.provenance.items()):
+        lines.append(f"{key + ':':<15} {value}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    metadata = read_metadata(args.model)
+    print(metadata.to_json() if args.json else describe(metadata))
+    return 0

@@ -1,0 +1,163 @@
+"""Layer-ensemble U-Net: one network whose every block carries a segmentation head.
+
+The heads return logits at their own block's resolution. Upsampling to the input size happens in
+exactly one place, :func:`upsample_logits`, which both the training loss and the inference engine
+call. Keeping the model output at native resolution lets the engine stream over heads (one
+full-resolution tensor at a time) and keep the low-resolution logits for recombination instead of L
+full-resolution copies. See ``docs/model-contract.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+
+
+def _transposed_conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.ConvTranspose3d if spatial_dims == 3 else nn.ConvTranspose2d
+
+
+def _norm(kind: str, spatial_dims: int, channels: int) -> nn.Module:
+    if kind == "instance":
+        return (nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
+    if kind == "batch":
+        return (nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d)(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown normalisation {kind!r}; expected instance, batch, group or none")
+
+
+def _dropout(spatial_dims: int, rate: float) -> nn.Module:
+    if rate <= 0:
+        return nn.Identity()
+    return (nn.Dropout3d if spatial_dims == 3 else nn.Dropout2d)(rate)
+
+
+class ConvBlock(nn.Sequential):
+    """Two conv-norm-LeakyReLU layers; the first one may downsample with its stride."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, stride: int, norm: str, dropout: float
+    ) -> None:
+        conv = _conv(spatial_dims)
+        super().__init__(
+            conv(in_channels, out_channels, 3, stride=stride, padding=1, bias=norm == "none"),
+            _norm(norm, spatial_dims, out_channels),
+            nn.LeakyReLU(0.01, inplace=True),
+            _dropout(spatial_dims, dropout),
+            conv(out_channels, out_channels, 3, stride=1, padding=1, bias=norm == "none"),
+            _norm(norm, spatial_dims, out_channels),
+            nn.LeakyReLU(0.01, inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Transposed-conv upsampling by two, concatenation with the skip, then a ConvBlock."""
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, norm: str, dropout: float
+    ) -> None:
+        super().__init__()
+        self.up = _transposed_conv(spatial_dims)(in_channels, out_channels, 2, stride=2)
+        self.conv = ConvBlock(spatial_dims, out_channels + skip_channels, out_channels, 1, norm, dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class LayerEnsembleUNet(nn.Module):
+    """U-Net with a head on each of its ``2 * depth`` blocks (10 for the default depth 5).
+
+    Encoder blocks run at strides 1, 2, ..., 2**(depth-1) (the last is the bottleneck); ``depth - 1``
+    decoder blocks upsample back to stride 1 and a final full-resolution decoder block refines the
+    result, so the heads are ordered shallow to deep along the path the signal takes. Inputs must be
+    divisible by :attr:`size_divisor` along every spatial axis.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        depth: int = 5,
+        base_channels: int = 16,
+        max_channels: int = 256,
+        norm: str = "instance",
+        dropout: float = 0.0,
+        head_kernel_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if depth < 2:
+            raise ValueError(f"depth must be at least 2, got {depth}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.depth = depth
+        self.size_divisor = 2 ** (depth - 1)
+        channels = [min(base_channels * 2**level, max_channels) for level in range(depth)]
+
+        self.encoder = nn.ModuleList(
+            ConvBlock(spatial_dims, in_channels if level == 0 else channels[level - 1], channels[level],
+                      1 if level == 0 else 2, norm, dropout)
+            for level in range(depth)
+        )
+        self.decoder = nn.ModuleList(
+            UpBlock(spatial_dims, channels[level + 1], channels[level], channels[level], norm, dropout)
+            for level in reversed(range(depth - 1))
+        )
+        self.final_block = ConvBlock(spatial_dims, channels[0], channels[0], 1, norm, dropout)
+
+        head_channels = channels + [channels[level] for level in reversed(range(depth - 1))] + [channels[0]]
+        conv = _conv(spatial_dims)
+        self.heads = nn.ModuleList(
+            conv(c, num_classes, head_kernel_size, padding=head_kernel_size // 2) for c in head_channels
+        )
+        self.head_names = [f"encoder{level}" for level in range(depth)] + [
+            f"decoder{level}" for level in reversed(range(depth - 1))
+        ] + ["final"]
+        self.head_strides = [2**level for level in range(depth)] + [
+            2**level for level in reversed(range(depth - 1))
+        ] + [1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features: list[torch.Tensor] = []
+        skips: list[torch.Tensor] = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            features.append(x)
+        skip_index = len(skips) - 2
+        for up in self.decoder:
+            x = up(x, skips[skip_index])
+            skip_index -= 1
+            features.append(x)
+        features.append(self.final_block(x))
+        outputs: list[torch.Tensor] = []
+        for index, head in enumerate(self.heads):
+            outputs.append(head(features[index]))
+        return outputs
+
+
+def upsample_logits(logits: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Bring one head's logits to ``size``: the single place where head upsampling is defined.
+
+    Linear interpolation with ``align_corners=False`` (the paper's bilinear choice, extended to 3D).
+    A head already at ``size`` is returned as is, so full-resolution heads cost nothing.
+    """
+    if list(logits.shape[2:]) == list(size):
+        return logits
+    mode = "trilinear" if logits.dim() == 5 else "bilinear"
+    return F.interpolate(logits, size=size, mode=mode, align_corners=False)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
