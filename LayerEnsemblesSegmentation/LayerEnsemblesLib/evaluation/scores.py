@@ -1,0 +1,90 @@
+"""Image-level uncertainty scores: one number per case that should rank failures first.
+
+- ``aula_raw_<class>``, ``aula_norm_<class>`` (and ``_union``): AULA from the engine, for layer
+  ensembles only. High AULA means confident, so its uncertainty is −AULA.
+- ``<map>_sum`` and ``<map>_mean`` for the entropy, mutual-information and variance maps: the sum over
+  all voxels (the paper's pixel-wise scores) and the mean over all voxels (the same ranking for
+  equally sized images, comparable across sizes). High means uncertain.
+
+Every score has a *direction*, so the QC curve, the calibration and the report never need to know
+which way a score points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .metrics import column_name
+
+MAP_SCORES = ("entropy", "mutual_information", "variance")
+MAP_REDUCTIONS = ("sum", "mean")
+AULA_FORMS = ("raw", "norm")
+
+
+def is_score_column(name: str) -> bool:
+    return name.startswith("aula_") or any(name.startswith(f"{m}_") for m in MAP_SCORES)
+
+
+def higher_is_uncertain(score: str) -> bool:
+    """AULA measures agreement (high = confident); every map score measures disagreement."""
+    return not score.startswith("aula_")
+
+
+def uncertainty(score: str, values) -> np.ndarray:
+    """Score values turned so that higher always means more uncertain (for ranking and QC)."""
+    values = np.asarray(values, float)
+    return values if higher_is_uncertain(score) else -values
+
+
+def score_label(score: str) -> str:
+    """A readable name for plots and tables."""
+    if score.startswith("aula_"):
+        _, form, *target = score.split("_")
+        return f"AULA {'(normalised) ' if form == 'norm' else ''}{'_'.join(target)}"
+    for name in MAP_SCORES:
+        if score.startswith(f"{name}_"):
+            return f"{name.replace('_', ' ')} ({score[len(name) + 1:]})"
+    return score
+
+
+def _field(container: Any, name: str, default: Any = None) -> Any:
+    """Read ``name`` from a dataclass-like object or a mapping (the engine's result is either)."""
+    if isinstance(container, Mapping):
+        return container.get(name, default)
+    return getattr(container, name, default)
+
+
+def aula_scores(aula: Any) -> dict[str, float]:
+    """``aula_raw_*`` and ``aula_norm_*`` columns from the engine's AULA result (None: no columns)."""
+    if aula is None:
+        return {}
+    row: dict[str, float] = {}
+    for form, field in (("raw", "raw"), ("norm", "normalized")):
+        values = _field(aula, field) or {}
+        for name, value in values.items():
+            row[f"aula_{form}_{column_name(name)}"] = float("nan") if value is None else float(value)
+    return row
+
+
+def map_scores(maps: Mapping[str, sitk.Image], names: Iterable[str] = MAP_SCORES) -> dict[str, float]:
+    """Sums and means of the per-voxel uncertainty maps that are present."""
+    row: dict[str, float] = {}
+    for name in names:
+        if name not in maps or maps[name] is None:
+            continue
+        values = sitk.GetArrayViewFromImage(maps[name]).astype(np.float64)
+        row[f"{name}_sum"] = float(values.sum())
+        row[f"{name}_mean"] = float(values.mean())
+    return row
+
+
+def image_scores(prediction: Any, with_aula: bool = True) -> dict[str, float]:
+    """All image-level scores of one prediction from the engine."""
+    row = map_scores(_field(prediction, "maps") or {})
+    if with_aula:
+        row.update(aula_scores(_field(prediction, "aula")))
+    return row
