@@ -150,5 +150,16 @@ def to_input_space(array: np.ndarray, geometry: NetworkGeometry, input_image: si
     cropped = np.ascontiguousarray(array[slices])
     image = sitk.GetImageFromArray(cropped)
     image.CopyInformation(geometry.reference)
+    if same_grid(image, input_image):  # nothing to interpolate: skip a full-volume resample
+        image.CopyInformation(input_image)
+        return image
     interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
     return sitk.Resample(image, input_image, sitk.Transform(), interpolator, 0, image.GetPixelID())
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """True when two images share size, spacing, origin and direction (to well below a voxel)."""
+    spacing = np.asarray(a.GetSpacing(), float)
+    return (a.GetSize() == b.GetSize() and np.allclose(spacing, b.GetSpacing(), rtol=1e-6, atol=0)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4 * spacing.min())
+            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-6))

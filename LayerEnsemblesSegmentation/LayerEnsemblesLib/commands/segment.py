@@ -1,0 +1,427 @@
+"""``layer-ensembles segment INPUT... --model MODEL --out DIR``: segment, score with AULA, write a report.
+
+Per case (named after the input file without its extensions, or after the DICOM folder):
+
+* ``<case>_seg<ext>``: the label map on the input's grid (label values from the model);
+* ``<case>_<map><ext>``: each requested voxel map (agreement by default);
+* ``<case>_probabilities<ext>`` with ``--probabilities``: the mean softmax, one component per class;
+* ``<case>_report.json``: AULA (raw and normalised, per class and union), the agreement curve with its
+  pair labels, the decision with its threshold and the threshold's source, empty flags, the device
+  and the timings. It is written last, so its presence marks a complete case.
+
+``<ext>`` keeps the input's format family: NRRD inputs give ``.nrrd``, MetaImage inputs ``.mha``,
+everything else (NIfTI, DICOM, ...) ``.nii.gz``; ``--format`` overrides it. With several inputs,
+``summary.csv`` lists the cases by normalised union AULA, lowest (most in need of review) first, and
+failed cases last. A failing case prints one error line and the others still run; the exit code is 2
+when any case failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..fileio import atomic_write_image, atomic_write_json, atomic_write_text, read_image
+
+KNOWN_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".dcm",
+    ".dicom",
+    ".tif",
+    ".tiff",
+    ".png",
+    ".jpg",
+    ".vtk",
+    ".hdr",
+    ".img",
+    ".gz",
+)
+FORMATS = ("auto", "nii.gz", "nrrd", "mha")
+SUMMARY_NAME = "summary.csv"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images and score each with AULA (one forward pass per window)",
+        description="Segment images with a layer-ensembles model file and score each case with AULA; cases "
+        "whose normalised AULA is below the threshold are flagged for review.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files SimpleITK reads (NIfTI, NRRD, MHA, ...) or DICOM series folders",
+    )
+    parser.add_argument("--model", required=True, help="a model file written by `layer-ensembles export`")
+    parser.add_argument("--out", required=True, help="output folder (created if needed)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    heads = parser.add_mutually_exclusive_group()
+    heads.add_argument(
+        "--skip-heads",
+        type=int,
+        metavar="K",
+        help="drop the K shallowest heads (default: the model's own setting)",
+    )
+    heads.add_argument(
+        "--heads",
+        metavar="FIRST:STOP",
+        type=_head_range,
+        help="keep heads FIRST..STOP-1 (0-based, shallow to deep; STOP may be omitted)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="accept a case when its normalised union AULA reaches this value (default: the "
+        "model's calibrated threshold, else 0.90)",
+    )
+    parser.add_argument(
+        "--maps",
+        default="agreement",
+        type=_map_list,
+        help="voxel maps to write: a comma list of agreement, entropy, mutual_information, "
+        "variance, or all, or none (default: agreement)",
+    )
+    parser.add_argument(
+        "--probabilities", action="store_true", help="also write the mean class probabilities"
+    )
+    parser.add_argument(
+        "--window",
+        type=_window,
+        metavar="Z,Y,X",
+        help="sliding-window size in network voxels (default: the model's patch size)",
+    )
+    parser.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="GB",
+        help="shrink the window so that the estimated memory stays within GB",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="bf16 autocast on CUDA (off by default: slower than fp32 for 3D instance-norm U-Nets "
+        "on an H200)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="output image format (default: keep the input's family, NIfTI otherwise)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-case lines")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference import Predictor
+    from ..inference.results import resolve_head_range, resolve_threshold
+
+    out = Path(args.out)
+    inputs = [Path(p) for p in args.inputs]
+    summary_path = out / SUMMARY_NAME
+    if len(inputs) > 1 and summary_path.exists() and not args.overwrite:
+        raise InputError(f"{summary_path}: already exists (use --overwrite to replace it)")
+    predictor = Predictor(
+        args.model,
+        device=args.device,
+        window_size=args.window,
+        overlap=args.overlap,
+        memory_budget_gb=args.memory_budget,
+        mixed_precision=args.mixed_precision,
+    )
+    # argument problems are the same for every case: report them once, before any work
+    resolve_head_range(
+        len(predictor.member_names), predictor.metadata.skip_heads, args.skip_heads, args.heads, args.model
+    )
+    resolve_threshold(args.threshold, predictor.metadata, args.model)
+
+    progress = _Progress(len(inputs), enabled=not args.quiet)
+    rows: list[dict[str, Any]] = []
+    names = _case_names(inputs)
+    failures = 0
+    for path, case in zip(inputs, names, strict=False):
+        try:
+            if case is None:
+                raise InputError(f"{path}: gives the same case name as an earlier input; rename one of them")
+            report = _segment_case(predictor, path, case, out, args, progress)
+            rows.append(_summary_row(case, path, report))
+            progress.write(
+                f"{case}: {report['decision']} (normalised AULA {_text(report['score'])}, "
+                f"threshold {report['threshold']:.3f} from {report['threshold_source']})"
+            )
+        except InputError as error:
+            failures += 1
+            progress.error(str(error))
+            rows.append(
+                {"case": case or path.name, "input": str(path), "status": "failed", "error": str(error)}
+            )
+        except Exception as error:  # noqa: BLE001 - one broken case must not stop the others
+            if args.debug:
+                raise
+            failures += 1
+            progress.error(
+                f"{path}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+            )
+            rows.append(
+                {
+                    "case": case or path.name,
+                    "input": str(path),
+                    "status": "failed",
+                    "error": f"{type(error).__name__}: {error}",
+                }
+            )
+        progress.case_done()
+    progress.close()
+    if len(inputs) > 1:
+        atomic_write_text(summary_path, _summary_csv(rows, predictor.metadata), overwrite=args.overwrite)
+    return 2 if failures else 0
+
+
+def case_name(path: Path) -> str:
+    """The input's name without its image extensions (``a/b/case01.nii.gz`` gives ``case01``)."""
+    name = path.name.rstrip("/")
+    if path.is_dir():
+        return name
+    lowered = name.lower()
+    for suffix in KNOWN_SUFFIXES:
+        if lowered.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return path.stem or name
+
+
+def output_extension(path: Path, choice: str) -> str:
+    if choice != "auto":
+        return "." + choice
+    lowered = path.name.lower()
+    if lowered.endswith((".nrrd", ".nhdr")):
+        return ".nrrd"
+    if lowered.endswith((".mha", ".mhd")):
+        return ".mha"
+    return ".nii.gz"
+
+
+def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Namespace, progress) -> dict:
+    extension = output_extension(path, args.format)
+    targets = {"segmentation": out / f"{case}_seg{extension}"}
+    for name in args.maps:
+        targets[name] = out / f"{case}_{name}{extension}"
+    if args.probabilities:
+        targets["probabilities"] = out / f"{case}_probabilities{extension}"
+    report_path = out / f"{case}_report.json"
+    if not args.overwrite:  # check every target first: a case either writes all its files or none
+        for target in [*targets.values(), report_path]:
+            if target.exists():
+                raise InputError(f"{target}: already exists (use --overwrite to replace it)")
+    start = time.perf_counter()
+    image = read_image(path)
+    read_seconds = time.perf_counter() - start
+    prediction = predictor.predict(
+        image,
+        skip_heads=args.skip_heads,
+        head_range=args.heads,
+        threshold=args.threshold,
+        maps=args.maps,
+        progress=progress.window_callback(case),
+        source=str(path),
+    )
+    write_start = time.perf_counter()
+    atomic_write_image(targets["segmentation"], prediction.segmentation, overwrite=args.overwrite)
+    for name in args.maps:
+        atomic_write_image(targets[name], prediction.maps[name], overwrite=args.overwrite)
+    if args.probabilities:
+        atomic_write_image(targets["probabilities"], prediction.probabilities, overwrite=args.overwrite)
+    report = prediction.to_report()
+    report["case"] = case
+    report["outputs"] = {name: str(target) for name, target in targets.items()}
+    report["timings"]["read"] = round(read_seconds, 4)
+    report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
+    atomic_write_json(report_path, report, overwrite=args.overwrite)
+    return report
+
+
+def _summary_row(case: str, path: Path, report: dict) -> dict[str, Any]:
+    row = {
+        "case": case,
+        "input": str(path),
+        "status": "ok",
+        "aula_normalized": report["score"],
+        "aula_raw": report["aula"]["raw"]["union"],
+        "decision": report["decision"],
+        "reason": report["reason"],
+        "threshold": report["threshold"],
+        "empty_foreground": report["aula"]["empty_foreground"],
+        "kept_heads": f"{report['heads']['first']}:{report['heads']['stop']}",
+        "error": "",
+    }
+    for name, value in report["aula"]["normalized"].items():
+        if name != "union":
+            row[f"aula_normalized_{name}"] = value
+    return row
+
+
+def _summary_csv(rows: list[dict[str, Any]], metadata) -> str:
+    def order(row: dict[str, Any]) -> tuple:
+        if row["status"] != "ok":
+            return (2, 0.0, row["case"])
+        score = row["aula_normalized"]
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            return (0, 0.0, row["case"])  # undefined AULA: review first
+        return (1, float(score), row["case"])
+
+    rows = sorted(rows, key=order)
+    class_columns = [f"aula_normalized_{c.name}" for c in metadata.foreground_classes]
+    columns = [
+        "rank",
+        "case",
+        "aula_normalized",
+        "aula_raw",
+        "decision",
+        "reason",
+        "threshold",
+        "empty_foreground",
+        *class_columns,
+        "kept_heads",
+        "status",
+        "error",
+        "input",
+    ]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for rank, row in enumerate(rows, start=1):
+        writer.writerow(
+            {
+                **{c: "" for c in columns},
+                **{k: ("" if v is None else v) for k, v in row.items()},
+                "rank": rank,
+            }
+        )
+    return buffer.getvalue()
+
+
+def _case_names(inputs: list[Path]) -> list[str | None]:
+    seen: set[str] = set()
+    names: list[str | None] = []
+    for path in inputs:
+        name = case_name(path)
+        names.append(None if name in seen else name)
+        seen.add(name)
+    return names
+
+
+class _Progress:
+    """tqdm bars over cases and over one case's windows; plain stderr lines when tqdm is missing."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self._tqdm = None
+        self._cases = None
+        self._windows = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm is an optional extra
+                tqdm = None
+            self._tqdm = tqdm
+            if tqdm is not None:
+                self._cases = tqdm(total=total, unit="case", desc="cases", file=sys.stderr, position=0)
+
+    def window_callback(self, case: str):
+        if self._tqdm is None:
+            return None
+        self._close_windows()
+        self._windows = self._tqdm(
+            total=100,
+            desc=case,
+            unit="%",
+            leave=False,
+            file=sys.stderr,
+            position=1,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+        )
+
+        def update(fraction: float, message: str) -> None:
+            bar = self._windows
+            if bar is not None:
+                bar.n = int(round(100 * fraction))
+                bar.set_postfix_str(message, refresh=False)
+                bar.refresh()
+
+        return update
+
+    def case_done(self) -> None:
+        self._close_windows()
+        if self._cases is not None:
+            self._cases.update(1)
+
+    def write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self._tqdm is not None:
+            self._tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr)
+
+    def error(self, message: str) -> None:
+        line = f"error: {message}"
+        if self._tqdm is not None:
+            self._tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._close_windows()
+        if self._cases is not None:
+            self._cases.close()
+
+    def _close_windows(self) -> None:
+        if self._windows is not None:
+            self._windows.close()
+            self._windows = None
+
+
+def _text(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
+
+
+def _head_range(text: str) -> tuple[int, int | None]:
+    try:
+        first_text, stop_text = text.split(":")
+        return int(first_text or 0), (int(stop_text) if stop_text else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected FIRST:STOP, e.g. 3:10 or 3:") from None
+
+
+def _map_list(text: str) -> tuple[str, ...]:
+    from ..inference.results import resolve_maps
+
+    try:
+        return resolve_maps([t.strip() for t in text.split(",") if t.strip()])
+    except InputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _window(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three positive integers Z,Y,X")
+    return values  # type: ignore[return-value]

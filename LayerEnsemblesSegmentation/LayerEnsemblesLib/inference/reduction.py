@@ -1,0 +1,220 @@
+"""Streaming reduction of the kept heads into the segmentation, the voxel maps and AULA's statistics.
+
+The blended head logits stay at native resolution (the deep heads are tiny). A head range is reduced
+one head at a time: upsample (``networks.upsample_logits``, the one place that defines it), crop the
+padding, softmax, then add to running sums. Only a few full-resolution tensors exist at any moment,
+never one float volume per head; per-head argmax labels are kept as uint8 (one byte per voxel per
+head) because the agreement map and AULA need them.
+
+The sums are kept in fixed point (int32, 2**24 per unit). Integer addition is exact and
+order-independent, so a head range can be reached incrementally from the previous one (add the heads
+that enter, subtract those that leave) and still equal a fresh reduction bit for bit. That is what
+makes recombination fast enough for the Slicer module's live sliders on a CPU: moving the range by
+one head costs one head, not all of them. 2**-24 is float32's resolution near 1, so the quantisation
+is below float32 rounding.
+
+Everything stays on the compute device; callers transfer the few final volumes once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import Cancelled
+from ..networks import upsample_logits
+from ..uncertainty import entropy
+
+FIXED_POINT_SCALE = float(1 << 24)
+MAX_KEPT_HEADS = 127  # 127 * 2**24 < 2**31 keeps int32 sums exact; uint8 agreement counts fit too
+MAP_NAMES = ("agreement", "entropy", "mutual_information", "variance")
+
+
+@dataclass
+class ReducedVolumes:
+    """One head range's results in cropped network space (on the compute device)."""
+
+    label_index: torch.Tensor  # uint8 class index of the ensemble (argmax of the mean probability)
+    maps: dict[str, torch.Tensor]  # float32 voxel maps that were asked for
+    confusions: list[torch.Tensor]  # K x K counts per adjacent kept pair (rows: shallower head)
+    class_counts: torch.Tensor  # voxels per class index in the ensemble label
+
+
+class HeadStream:
+    """Per-head native logits plus caches, reducible to any contiguous head range."""
+
+    def __init__(
+        self,
+        logits: Sequence[torch.Tensor],
+        full_shape: Sequence[int],
+        crop: Sequence[slice],
+        slicewise: bool,
+        num_classes: int,
+    ) -> None:
+        self.logits = list(logits)
+        self.full_shape = [int(s) for s in full_shape]
+        self.crop = tuple(crop)
+        self.slicewise = slicewise
+        self.num_classes = num_classes
+        self._labels: dict[int, torch.Tensor] = {}
+        self._confusions: dict[int, torch.Tensor] = {}
+        self._range = (0, 0)
+        self._tracked: frozenset[str] = frozenset()
+        self._sums: dict[str, torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.logits[0].device
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.logits)
+
+    def to(self, device: torch.device) -> HeadStream:
+        """The same stream on another device (used when CUDA runs out of memory while reducing)."""
+        return HeadStream(
+            [t.to(device) for t in self.logits], self.full_shape, self.crop, self.slicewise, self.num_classes
+        )
+
+    def head_probabilities(self, head: int) -> torch.Tensor:
+        """Softmax of one head at full resolution, cropped to the image: [K, z, y, x] float32."""
+        logits = self.logits[head]
+        if self.slicewise:  # [K, Z, y, x]: slices are the batch, bilinear in-plane as the 2D contract says
+            upsampled = upsample_logits(logits.transpose(0, 1), self.full_shape[1:]).transpose(0, 1)
+        else:
+            upsampled = upsample_logits(logits[None], self.full_shape)[0]
+        probabilities = torch.softmax(upsampled[(slice(None), *self.crop)], dim=0)
+        if head not in self._labels:
+            self._labels[head] = _first_argmax(probabilities)
+        return probabilities
+
+    def reduce(
+        self,
+        first: int,
+        stop: int,
+        maps: Sequence[str],
+        cancel: Callable[[], bool] | None = None,
+    ) -> ReducedVolumes:
+        """Segmentation, maps and pair statistics of heads ``first .. stop - 1``."""
+        if not 0 <= first < stop <= self.num_heads:
+            raise ValueError(f"head range {first}:{stop} is not within 0:{self.num_heads}")
+        if stop - first > MAX_KEPT_HEADS:
+            raise ValueError(f"at most {MAX_KEPT_HEADS} heads can be combined")
+        unknown = set(maps) - set(MAP_NAMES)
+        if unknown:
+            raise ValueError(f"unknown map(s) {sorted(unknown)}; choose from {MAP_NAMES}")
+        self._move_to(first, stop, _sums_needed(maps), cancel)
+        count = stop - first
+        sum_p = self._sums["p"]
+        label = _first_argmax(sum_p)  # exact on the integer sums, so ties resolve identically every time
+        result: dict[str, torch.Tensor] = {}
+        if "agreement" in maps:
+            agreeing = torch.zeros(label.shape, dtype=torch.uint8, device=label.device)
+            for head in range(first, stop):
+                agreeing += self._labels[head] == label
+            result["agreement"] = agreeing.float() / count
+        if {"entropy", "mutual_information", "variance"} & set(maps):
+            mean = self.mean_probabilities(first, stop)
+            if {"entropy", "mutual_information"} & set(maps):
+                entropy_of_mean = entropy(mean, 0)
+                if "entropy" in maps:
+                    result["entropy"] = entropy_of_mean
+                if "mutual_information" in maps:
+                    mean_entropy = self._sums["h"].float() * (
+                        math.log(self.num_classes) / (FIXED_POINT_SCALE * count)
+                    )
+                    result["mutual_information"] = (entropy_of_mean - mean_entropy).clamp_min_(0.0)
+            if "variance" in maps:
+                second_moment = self._sums["p2"].float() / (FIXED_POINT_SCALE * count)
+                result["variance"] = (second_moment - mean * mean).clamp_min_(0.0).mean(0)
+            del mean
+        confusions = [self._pair_confusion(head) for head in range(first, stop - 1)]
+        class_counts = torch.bincount(label.flatten(), minlength=self.num_classes)
+        return ReducedVolumes(label, {name: result[name] for name in maps}, confusions, class_counts)
+
+    def mean_probabilities(self, first: int, stop: int) -> torch.Tensor:
+        """Mean softmax of the range, [K, z, y, x] float32."""
+        self._move_to(first, stop, self._tracked, None)
+        return self._sums["p"].float() / (FIXED_POINT_SCALE * (stop - first))
+
+    def _move_to(
+        self, first: int, stop: int, needed: frozenset[str], cancel: Callable[[], bool] | None
+    ) -> None:
+        try:
+            self._update_sums(first, stop, needed | {"p"}, cancel)
+        except BaseException:  # a half-updated sum must never be reused: start afresh next time
+            self._range, self._sums = (0, 0), {}
+            raise
+
+    def _update_sums(
+        self, first: int, stop: int, needed: frozenset[str], cancel: Callable[[], bool] | None
+    ) -> None:
+        current_first, current_stop = self._range
+        overlap = current_first < stop and first < current_stop
+        incremental = abs(first - current_first) + abs(stop - current_stop) if overlap else math.inf
+        if not needed <= self._tracked or incremental >= stop - first:
+            self._tracked = needed | self._tracked if overlap else needed
+            self._sums = {}
+            self._range = (first, first)
+            for head in range(first, stop):
+                _check(cancel)
+                self._accumulate(head, +1)
+            self._range = (first, stop)
+            return
+        for head in [*range(current_first, first), *range(stop, current_stop)]:  # heads that leave
+            _check(cancel)
+            self._accumulate(head, -1)
+        for head in [*range(first, current_first), *range(current_stop, stop)]:  # heads that enter
+            _check(cancel)
+            self._accumulate(head, +1)
+        self._range = (first, stop)
+
+    def _accumulate(self, head: int, sign: int) -> None:
+        probabilities = self.head_probabilities(head)
+        terms = {"p": probabilities}
+        if "p2" in self._tracked:
+            terms["p2"] = probabilities * probabilities
+        if "h" in self._tracked:
+            terms["h"] = entropy(probabilities, 0) / math.log(self.num_classes)
+        for name, value in terms.items():
+            quantised = _quantise(value)
+            if name not in self._sums:
+                self._sums[name] = torch.zeros_like(quantised)
+            self._sums[name].add_(quantised, alpha=sign)
+
+    def _pair_confusion(self, head: int) -> torch.Tensor:
+        if head not in self._confusions:
+            shallow, deep = self._labels[head], self._labels[head + 1]
+            k = self.num_classes
+            joint = shallow * k + deep if k * k <= 256 else shallow.to(torch.int32) * k + deep
+            self._confusions[head] = torch.bincount(joint.flatten(), minlength=k * k).reshape(k, k)
+        return self._confusions[head]
+
+
+def _sums_needed(maps: Sequence[str]) -> frozenset[str]:
+    needed = {"p"}
+    if "mutual_information" in maps:
+        needed.add("h")
+    if "variance" in maps:
+        needed.add("p2")
+    return frozenset(needed)
+
+
+def _quantise(values: torch.Tensor) -> torch.Tensor:
+    return (values * FIXED_POINT_SCALE).round_().to(torch.int32)
+
+
+def _first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """Class index of the maximum along dim 0 as uint8 (first one on ties).
+
+    ``torch.max(dim)`` is several times faster than ``argmax`` over a leading class axis on the CPU.
+    """
+    return torch.max(values, dim=0).indices.to(torch.uint8)
+
+
+def _check(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("cancelled while combining heads")
