@@ -1,0 +1,147 @@
+"""The training configuration: one JSON-able record of every choice, saved as ``config.json``.
+
+Values that depend on the data (``target_spacing="median"``, ``orientation="auto"``, an empty
+``patch_size``) are resolved when a run starts and written back resolved, so the run folder says
+exactly what was done and ``export`` can rebuild the network and the preprocessing from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+
+NORMALIZATIONS = ("percentile", "zscore", "ct", "none")
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "poly", "constant")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+NORMS = ("instance", "batch", "group", "none")
+
+
+@dataclass
+class TrainConfig:
+    out: str = ""
+    dataset: str | None = None  # an MSD dataset.json
+    images: str | None = None  # or two folders matched by file name
+    labels: str | None = None
+    class_names: list[str] | None = None  # folder mode: names of label values 0, 1, ...
+    max_cases: int | None = None  # use a seeded subset of the cases (quick experiments, tests)
+    # network
+    spatial_dims: int = 3
+    depth: int = 5
+    base_channels: int = 16
+    max_channels: int = 256
+    norm: str = "instance"
+    dropout: float = 0.0
+    # preprocessing
+    target_spacing: list[float] | str | None = "median"  # [x, y, z] mm, "median" of the data, None = native
+    orientation: str | None = "auto"  # "auto" = the training images' most common code, None = as given
+    normalization: str = "percentile"
+    percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    ct_window: list[float] | None = None  # [centre, width] for normalization "ct"
+    patch_size: list[int] = field(default_factory=list)  # array order; empty = from the data
+    # optimisation
+    epochs: int = 50
+    batch_size: int = 2
+    iterations_per_epoch: int | None = None  # None: one patch per training case per epoch
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"
+    schedule: str = "cosine"
+    grad_clip: float = 12.0
+    head_weights: str | list[float] = "uniform"
+    foreground_probability: float = 0.5
+    augment: bool = True
+    flip_axes: list[int] | None = None  # spatial axes (array order) that may be mirrored; None = all
+    # validation and bookkeeping
+    validation_fraction: float = 0.2
+    validate_every: int = 1
+    skip_heads: int = 0  # shallow heads left out of the validation ensemble (and the export default)
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    threads: int | None = None
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(document) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown training option(s) {unknown}")
+        config = cls(**document)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        problems = []
+        if not self.out:
+            problems.append("an output folder (out) is required")
+        if bool(self.dataset) == bool(self.images or self.labels):
+            problems.append("give either a dataset.json or both an images and a labels folder")
+        elif not self.dataset and not (self.images and self.labels):
+            problems.append("folder mode needs both images and labels")
+        if self.spatial_dims not in (2, 3):
+            problems.append("spatial_dims must be 2 or 3")
+        if self.depth < 2:
+            problems.append("depth must be at least 2")
+        if self.base_channels < 1:
+            problems.append("base_channels must be positive")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout must be in [0, 1)")
+        choices = [
+            ("norm", NORMS),
+            ("normalization", NORMALIZATIONS),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("amp", AMP_MODES),
+        ]
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}")
+        if self.normalization == "ct" and (
+            not self.ct_window or len(self.ct_window) != 2 or self.ct_window[1] <= 0
+        ):
+            problems.append("normalization 'ct' needs ct_window = [centre, width] with width > 0")
+        if isinstance(self.target_spacing, str) and self.target_spacing != "median":
+            problems.append("target_spacing must be three numbers, 'median' or null")
+        if isinstance(self.target_spacing, list) and (
+            len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
+        ):
+            problems.append("target_spacing must be three positive numbers (x, y, z)")
+        divisor = 2 ** (self.depth - 1)
+        if self.patch_size and (
+            len(self.patch_size) != self.spatial_dims
+            or any(p < divisor or p % divisor for p in self.patch_size)
+        ):
+            problems.append(f"patch_size must hold {self.spatial_dims} multiples of {divisor} (2**(depth-1))")
+        for name in ("epochs", "batch_size", "validate_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.iterations_per_epoch is not None and self.iterations_per_epoch < 1:
+            problems.append("iterations_per_epoch must be at least 1")
+        if self.lr <= 0:
+            problems.append("lr must be positive")
+        if not 0 <= self.validation_fraction < 1:
+            problems.append("validation_fraction must be in [0, 1)")
+        if not 0 <= self.foreground_probability <= 1:
+            problems.append("foreground_probability must be in [0, 1]")
+        if self.skip_heads < 0 or self.skip_heads >= 2 * self.depth:
+            problems.append(f"skip_heads must be in [0, {2 * self.depth - 1}]")
+        if self.max_cases is not None and self.max_cases < 2:
+            problems.append("max_cases must be at least 2")
+        if problems:
+            raise InputError(f"{source}: invalid training configuration: {'; '.join(problems)}")
+
+    @property
+    def num_heads(self) -> int:
+        return 2 * self.depth
+
+    @property
+    def size_divisor(self) -> int:
+        return 2 ** (self.depth - 1)

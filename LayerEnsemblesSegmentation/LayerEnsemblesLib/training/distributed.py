@@ -1,0 +1,92 @@
+"""Process-group helpers so one training loop runs alone or under ``torchrun --nproc_per_node N``.
+
+``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK; without them the run is a single process and
+every helper here is a no-op. CPU runs use the gloo backend, CUDA runs nccl with one GPU per rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import InputError
+
+
+@dataclass
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    initialised: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(request: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; under torchrun each rank takes the GPU of its local rank."""
+    request = (request or "auto").lower()
+    if request == "auto":
+        request = "cuda" if torch.cuda.is_available() else "cpu"
+    if request.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {request}: CUDA is not available on this machine (use --device cpu)")
+        if request == "cuda":
+            request = f"cuda:{local_rank}"
+        index = int(request.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {request}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device(request)
+    if request != "cpu":
+        raise InputError(f"--device {request}: expected auto, cpu, cuda or cuda:N")
+    return torch.device("cpu")
+
+
+def setup(device_request: str) -> DistributedContext:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_request, local_rank)
+    context = DistributedContext(rank, world_size, local_rank, device)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        context.initialised = True
+    return context
+
+
+def cleanup(context: DistributedContext) -> None:
+    if context.initialised and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.distributed:
+        dist.barrier()
+
+
+def mean_over_ranks(value: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    if not context.distributed:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / context.world_size
+
+
+def broadcast_object(value, context: DistributedContext):
+    """Send rank 0's ``value`` to every rank (e.g. whether to stop, or an error to raise everywhere)."""
+    if not context.distributed:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
