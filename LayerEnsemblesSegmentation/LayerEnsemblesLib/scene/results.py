@@ -1,0 +1,177 @@
+"""One case's results in the scene, created from a prediction and updated in place on recombination.
+
+``apply_prediction`` writes a finished prediction into MRML: it must be called on the thread that owns
+the scene (Slicer's main thread), after the forward pass has returned. Nothing is written before that, so
+a cancelled or failed run leaves the scene as it was.
+
+``recombine_result`` re-reads the stored per-head outputs through ``Prediction.recombine`` (no new
+forward pass) and rewrites the same nodes, keeping their IDs so views, plots and references follow. A
+segmentation a user has edited since it was written is never overwritten: it is kept (and marked), and
+the recombined result goes to a new segmentation node beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import SimpleITK as sitk
+
+from .bootstrap import SceneContext
+from .decision import store_decision
+from .geometry import same_geometry, uncrop
+from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views, write_heatmap
+from .plots import write_agreement_plot
+from .regions import UncertainRegion, find_uncertain_regions, jump_to_region
+from .segmentation import create_segmentation_node, is_user_edited, write_segments
+
+HEATMAP_ROLE_PREFIX = "LayerEnsembles.heatmap."
+TABLE_ROLE = "LayerEnsembles.agreementTable"
+CHART_ROLE = "LayerEnsembles.agreementChart"
+EDITED_ATTRIBUTE = "LayerEnsembles.UserEdited"
+
+
+@dataclass
+class CaseResult:
+    """What the scene holds for one input volume, plus the in-memory prediction recombination needs."""
+
+    input_id: str
+    segmentation_id: str
+    heatmap_ids: dict[str, str]
+    table_id: str
+    chart_id: str
+    prediction: Any
+    metadata: Any
+    crop_index: tuple[int, int, int] | None = None
+    regions: list[UncertainRegion] = field(default_factory=list)
+    region_cursor: int = -1
+    shown_heatmap: str = "agreement"
+
+    @property
+    def model_name(self) -> str:
+        return self.metadata.name
+
+    def node_ids(self) -> set[str]:
+        return {self.segmentation_id, self.table_id, self.chart_id, *self.heatmap_ids.values()}
+
+
+def _full_size(image: sitk.Image, reference: sitk.Image, crop_index, fill: float) -> sitk.Image:
+    full = uncrop(image, reference, crop_index, fill)
+    if not same_geometry(full, reference):
+        raise ValueError("the prediction's geometry differs from the input volume's")
+    return full
+
+
+def _segmentation_name(context: SceneContext, input_node) -> str:
+    return context.scene.GenerateUniqueName(f"{input_node.GetName()} LayerEnsembles")
+
+
+def apply_prediction(context: SceneContext, input_node, prediction: Any, metadata: Any, reference: sitk.Image,
+                     crop_index=None, heatmap_kind: str = "agreement", opacity: float = DEFAULT_OPACITY,
+                     show: bool = True) -> CaseResult:
+    """Write a prediction for ``input_node`` into the scene (on the main thread) and return its handle.
+
+    ``reference`` is the input as a SimpleITK image (its geometry); ``crop_index`` is where the ROI crop
+    the prediction was computed on starts in it, or None for the whole volume.
+    """
+    segmentation = create_segmentation_node(context, input_node, metadata.classes,
+                                            _segmentation_name(context, input_node))
+    result = CaseResult(input_node.GetID(), segmentation.GetID(), {}, "", "", prediction, metadata,
+                        tuple(crop_index) if crop_index is not None else None, shown_heatmap=heatmap_kind)
+    _write_all(context, result, reference, segmentation)
+    if show:
+        show_result(context, result, opacity=opacity)
+    return result
+
+
+def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image, segmentation) -> None:
+    prediction, metadata = result.prediction, result.metadata
+    input_node = context.node(result.input_id)
+    labels = _full_size(prediction.segmentation, reference, result.crop_index, 0)
+    write_segments(segmentation, labels, metadata.classes)
+    store_decision(segmentation, prediction, metadata.name, metadata.classes)
+
+    agreement_full = None
+    for kind, image in prediction.maps.items():
+        full = _full_size(image, reference, result.crop_index, 1.0 if kind == "agreement" else 0.0)
+        node = write_heatmap(context, input_node, kind, full, metadata.num_classes,
+                             node=context.node(result.heatmap_ids.get(kind)))
+        result.heatmap_ids[kind] = node.GetID()
+        segmentation.SetNodeReferenceID(HEATMAP_ROLE_PREFIX + kind, node.GetID())
+        if kind == "agreement":
+            agreement_full = full
+    table, chart = write_agreement_plot(context, input_node, prediction, context.node(result.table_id),
+                                        context.node(result.chart_id))
+    result.table_id, result.chart_id = table.GetID(), chart.GetID()
+    segmentation.SetNodeReferenceID(TABLE_ROLE, table.GetID())
+    segmentation.SetNodeReferenceID(CHART_ROLE, chart.GetID())
+    if agreement_full is not None:
+        result.regions = find_uncertain_regions(agreement_full, DEFAULT_VISIBLE_FROM)
+        result.region_cursor = -1
+
+
+def show_result(context: SceneContext, result: CaseResult, opacity: float | None = DEFAULT_OPACITY) -> None:
+    """Input as background, the chosen heatmap as foreground, this case's segmentation visible."""
+    heatmap = context.node(result.heatmap_ids.get(result.shown_heatmap)) or \
+        context.node(result.heatmap_ids.get("agreement"))
+    show_in_slice_views(context, context.node(result.input_id), heatmap, opacity)
+    for node in context.nodes_by_class("vtkMRMLSegmentationNode"):
+        display = node.GetDisplayNode()
+        if display is not None and node.GetAttribute("LayerEnsembles.Role") == "segmentation":
+            display.SetVisibility(node.GetID() == result.segmentation_id)
+
+
+def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.Image,
+                     head_range: tuple[int, int] | None = None, threshold: float | None = None,
+                     heatmap_kind: str | None = None) -> CaseResult:
+    """Re-derive everything from the stored head outputs with new kept heads or threshold, in place.
+
+    ``heatmap_kind`` adds (and shows) a map the first run did not compute. Returns the same CaseResult,
+    whose ``segmentation_id`` changes only when the previous segmentation had been edited by the user.
+    """
+    kinds = set(result.prediction.maps)
+    if heatmap_kind is not None:
+        kinds.add(heatmap_kind)
+        result.shown_heatmap = heatmap_kind
+    # None keeps the previous value: a new threshold keeps the heads chosen before, and vice versa.
+    prediction = result.prediction.recombine(head_range=head_range, threshold=threshold,
+                                             maps=tuple(sorted(kinds)))
+    segmentation = context.node(result.segmentation_id)
+    input_node = context.node(result.input_id)
+    if segmentation is None or is_user_edited(segmentation):
+        if segmentation is not None:
+            segmentation.SetAttribute(EDITED_ATTRIBUTE, "true")
+        segmentation = create_segmentation_node(context, input_node, result.metadata.classes,
+                                                _segmentation_name(context, input_node))
+        result.segmentation_id = segmentation.GetID()
+    result.prediction = prediction
+    _write_all(context, result, reference, segmentation)
+    return result
+
+
+def next_region(context: SceneContext, result: CaseResult) -> UncertainRegion | None:
+    """Jump the slice views to the next uncertain region (wrapping round); None when there is none."""
+    if not result.regions:
+        return None
+    result.region_cursor = (result.region_cursor + 1) % len(result.regions)
+    region = result.regions[result.region_cursor]
+    jump_to_region(context, region)
+    return region
+
+
+def remove_result(context: SceneContext, result: CaseResult) -> None:
+    """Remove every node this case created (used to roll back a cancelled batch)."""
+    for node_id in result.node_ids():
+        node = context.node(node_id)
+        if node is None:
+            continue
+        if node.IsA("vtkMRMLPlotChartNode"):
+            for index in range(node.GetNumberOfPlotSeriesNodes()):
+                series = node.GetNthPlotSeriesNode(index)
+                if series is not None:
+                    context.scene.RemoveNode(series)
+        if node.IsA("vtkMRMLScalarVolumeNode"):
+            legend = context.colors_logic.GetColorLegendDisplayNode(node)
+            if legend is not None:
+                context.scene.RemoveNode(legend)
+        context.scene.RemoveNode(node)

@@ -1,0 +1,128 @@
+"""What a review GUI needs around the predictor: torch status, devices, model summary, run options, errors.
+
+Shared by the Slicer widget and the web review app, and testable without either. torch is imported
+inside the functions, never at import time: in Slicer it may not be installed yet (the PyTorch
+extension installs it on first use), and the module must still load and explain that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+HEATMAP_WITH_AGREEMENT = "agreement"
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, device spec) pairs: Auto, CPU, then each GPU with its name and memory."""
+    choices = [("Auto (GPU if available)", "auto"), ("CPU", "cpu")]
+    if not torch_available():
+        return choices
+    import torch
+
+    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        properties = torch.cuda.get_device_properties(index)
+        choices.append((f"GPU {index}: {properties.name} ({properties.total_memory / 1024**3:.0f} GB)",
+                        f"cuda:{index}"))
+    return choices
+
+
+def torch_summary() -> str:
+    """The torch and CUDA versions and the GPUs seen: the first thing to check when a GPU is not used."""
+    if not torch_available():
+        return "PyTorch is not installed yet; it is installed (after asking) on the first run."
+    import torch
+
+    build = "CPU only" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+    if torch.cuda.is_available():
+        return f"PyTorch {torch.__version__}; CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)"
+    return f"PyTorch {torch.__version__}; no usable GPU (build: {build}), running on the CPU"
+
+
+def model_summary(model_path: str | Path | None) -> dict[str, Any]:
+    """The text ``layer-ensembles info`` prints, plus head count, default skip and threshold for the GUI."""
+    path = str(model_path or "")
+    if path in ("", "."):
+        return {"text": "No model selected. Choose a .pt file exported with `layer-ensembles export`."}
+    if not os.path.isfile(path):
+        return {"text": f"{path}: file not found."}
+    if not torch_available():
+        return {"text": f"{os.path.basename(path)}\nPyTorch is not installed yet: the model summary appears "
+                        "once the first run has installed it."}
+    from ..commands.info import describe
+    from ..contract import read_metadata
+    from ..inference import DEFAULT_AULA_THRESHOLD
+
+    try:
+        metadata = read_metadata(path)
+    except InputError as error:
+        return {"text": str(error)}
+    threshold = metadata.aula_threshold if metadata.aula_threshold is not None else DEFAULT_AULA_THRESHOLD
+    return {"text": describe(metadata), "headCount": metadata.num_heads, "skipHeads": metadata.skip_heads,
+            "threshold": float(threshold), "name": metadata.name}
+
+
+def predict_options(metadata: Any, head_range: tuple[int, int] | None, threshold: float | None,
+                    heatmap_kind: str = HEATMAP_WITH_AGREEMENT) -> dict[str, Any]:
+    """Keyword arguments for ``Predictor.predict`` from the GUI's settings.
+
+    A head range that does not fit the model (left over from another model) falls back to the model's
+    default, and a threshold equal to the model's calibrated one is not passed, so the result records
+    that the calibrated threshold was used.
+    """
+    maps = (HEATMAP_WITH_AGREEMENT,) if heatmap_kind == HEATMAP_WITH_AGREEMENT else (HEATMAP_WITH_AGREEMENT,
+                                                                                      heatmap_kind)
+    options: dict[str, Any] = {"maps": maps}
+    if head_range is not None:
+        first, stop = (int(v) for v in head_range)
+        if 0 <= first < stop <= metadata.num_heads:
+            options["head_range"] = (first, stop)
+    calibrated = metadata.aula_threshold
+    if threshold is not None and (calibrated is None or abs(float(threshold) - calibrated) > 1e-6):
+        options["threshold"] = float(threshold)
+    return options
+
+
+class PredictorCache:
+    """One loaded Predictor, kept while the model file, its modification time and the device stay the same."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._predictor = None
+
+    def get(self, model_path: str | Path, device: str = "auto"):
+        from ..inference import Predictor
+
+        path = str(model_path)
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: model file not found; choose a .pt file in 'Model file'")
+        key = (path, os.path.getmtime(path), device)
+        if key != self._key:
+            self._predictor, self._key = Predictor(path, device=device), key
+        return self._predictor
+
+
+def explain_error(error: BaseException) -> str:
+    """One line that says what failed and what to do about it."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lowered = text.lower()
+    if isinstance(error, InputError):
+        return text
+    if isinstance(error, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
+        return (f"out of memory ({text[:120]}): crop the input with an ROI, close other applications, "
+                "or choose CPU as the device")
+    if "cuda" in lowered:
+        return (f"GPU error ({text[:120]}): choose CPU as the device, or install a PyTorch build that "
+                "supports this GPU (PyTorch Utils module)")
+    return f"{type(error).__name__}: {text[:200]} (details in the Python console)"
