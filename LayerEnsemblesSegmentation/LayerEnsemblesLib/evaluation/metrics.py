@@ -65,15 +65,17 @@ def distance_to_set(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 
     ``mask`` is in array order (z, y, x); ``spacing`` in SimpleITK order (x, y, z).
     """
-    distance = sitk.SignedMaurerDistanceMap(_as_image(mask, spacing), insideIsPositive=False,
-                                            squaredDistance=False, useImageSpacing=True)
+    distance = sitk.SignedMaurerDistanceMap(
+        _as_image(mask, spacing), insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+    )
     return np.maximum(sitk.GetArrayFromImage(distance), 0.0)
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
     """Foreground voxels with a face neighbour in the background (the set's boundary voxels)."""
-    contour = sitk.BinaryContour(_as_image(mask, (1.0,) * mask.ndim), fullyConnected=False,
-                                 backgroundValue=0, foregroundValue=1)
+    contour = sitk.BinaryContour(
+        _as_image(mask, (1.0,) * mask.ndim), fullyConnected=False, backgroundValue=0, foregroundValue=1
+    )
     return sitk.GetArrayFromImage(contour).astype(bool)
 
 
@@ -104,8 +106,9 @@ def modified_hausdorff(prediction: np.ndarray, reference: np.ndarray, spacing: S
     return max(forward, backward)
 
 
-def hausdorff95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float],
-                percentile: float = HD_PERCENTILE) -> float:
+def hausdorff95(
+    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], percentile: float = HD_PERCENTILE
+) -> float:
     """Surface HD95 (mm): max of the two directed percentiles; see the module docstring."""
     prediction = np.asarray(prediction, bool)
     reference = np.asarray(reference, bool)
@@ -149,15 +152,21 @@ def labels_to_indices(label: np.ndarray, class_values: Sequence[int], source: st
 def check_same_grid(image: sitk.Image, label: sitk.Image, source: str) -> None:
     """Metrics compare voxel by voxel, so the label must share the image's grid."""
     if image.GetSize() != label.GetSize():
-        raise InputError(f"{source}: label size {label.GetSize()} differs from the image size "
-                         f"{image.GetSize()}")
+        raise InputError(
+            f"{source}: label size {label.GetSize()} differs from the image size {image.GetSize()}"
+        )
     if not np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=1e-3, atol=1e-4):
-        raise InputError(f"{source}: label spacing {label.GetSpacing()} differs from the image spacing "
-                         f"{image.GetSpacing()}")
+        raise InputError(
+            f"{source}: label spacing {label.GetSpacing()} differs from the image spacing "
+            f"{image.GetSpacing()}"
+        )
 
 
 def segmentation_metrics(
-    prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], classes: dict[str, int],
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing: Sequence[float],
+    classes: dict[str, int],
 ) -> dict[str, float]:
     """Dice, HD95 and MHD per foreground class, for the union, and the mean over classes.
 

@@ -47,7 +47,7 @@ def score_label(score: str) -> str:
         return f"AULA {'(normalised) ' if form == 'norm' else ''}{'_'.join(target)}"
     for name in MAP_SCORES:
         if score.startswith(f"{name}_"):
-            return f"{name.replace('_', ' ')} ({score[len(name) + 1:]})"
+            return f"{name.replace('_', ' ')} ({score[len(name) + 1 :]})"
     return score
 
 

@@ -94,10 +94,26 @@ def _low_resolution(image: sitk.Image, factor: float, rng: np.random.Generator) 
     coarse_spacing[axis] = spacing[axis] * factor
     size = list(image.GetSize())
     size[axis] = max(1, int(np.ceil(size[axis] / factor)))
-    coarse = sitk.Resample(smoothed, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
-                           coarse_spacing, image.GetDirection(), 0.0, sitk.sitkFloat32)
-    return sitk.Resample(coarse, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
-                         useNearestNeighborExtrapolator=True)
+    coarse = sitk.Resample(
+        smoothed,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        coarse_spacing,
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+    return sitk.Resample(
+        coarse,
+        image,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        0.0,
+        sitk.sitkFloat32,
+        useNearestNeighborExtrapolator=True,
+    )
 
 
 def _crop(image: sitk.Image, fraction: float, rng: np.random.Generator) -> sitk.Image:
@@ -147,8 +163,9 @@ SHIFTS: dict[str, Callable[[sitk.Image, float, np.random.Generator], sitk.Image]
 
 def shift_generator(seed: int, case_id: str, shift: str, severity: int) -> np.random.Generator:
     """A generator that depends only on its arguments (crc32, unlike ``hash``, is stable across runs)."""
-    return np.random.default_rng([int(seed), zlib.crc32(case_id.encode()), zlib.crc32(shift.encode()),
-                                  int(severity)])
+    return np.random.default_rng(
+        [int(seed), zlib.crc32(case_id.encode()), zlib.crc32(shift.encode()), int(severity)]
+    )
 
 
 def apply_shift(image: sitk.Image, shift: str, severity: int, seed: int = 0, case_id: str = "") -> sitk.Image:

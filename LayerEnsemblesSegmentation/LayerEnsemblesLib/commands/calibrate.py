@@ -1,0 +1,178 @@
+"""``layer-ensembles calibrate``: choose the AULA threshold that flags poor segmentations.
+
+On labelled validation data (optionally widened with synthetic shifts, or taken from an existing
+evaluation's ``cases.csv``), pick the smallest normalised-AULA threshold that flags the requested
+fraction (sensitivity) of cases with Dice below the target, report the specificity it gives, and
+write it into a copy of the model (``--out``) or the model itself (``--in-place --overwrite``). The
+CLI and the Slicer slider then use it as their default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="choose and store the AULA threshold that flags poor segmentations",
+        description="Pick the normalised-AULA threshold that flags cases below a target Dice with a chosen "
+        "sensitivity on labelled validation data, report the specificity, and write the threshold into "
+        "the model's metadata.",
+    )
+    parser.add_argument("--model", required=True, help="a layer-ensemble model file")
+    parser.add_argument("--dataset", help="an MSD-style dataset.json")
+    parser.add_argument("--images", help="a folder of images (with --labels)")
+    parser.add_argument("--labels", help="a folder of label maps with the same file names")
+    parser.add_argument(
+        "--cases", metavar="FILE.json[:KEY]", help="only these cases, e.g. split.json:validation"
+    )
+    parser.add_argument("--max-cases", type=int, help="at most this many cases")
+    parser.add_argument(
+        "--from-csv",
+        metavar="CASES.csv",
+        help="use the scores and Dice of an earlier `evaluate` run instead of running the model",
+    )
+    parser.add_argument(
+        "--method",
+        help="with --from-csv: the method's name in the CSV (default: the only layer ensemble in it)",
+    )
+    parser.add_argument(
+        "--shifts", default="none", help="synthetic shifts to add poor cases: all, none or a list"
+    )
+    parser.add_argument("--severities", nargs="+", default=None, metavar="S", help="shift severities (1 2 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shifts (default 0)")
+    parser.add_argument(
+        "--target-dice", type=float, required=True, help="cases below this Dice should be flagged"
+    )
+    parser.add_argument(
+        "--sensitivity",
+        type=float,
+        required=True,
+        help="fraction of those cases the threshold must flag, e.g. 0.9",
+    )
+    parser.add_argument(
+        "--metric", default="dice_mean", help="the Dice column: dice_mean (default), dice_union, dice_<class>"
+    )
+    parser.add_argument(
+        "--score",
+        default="aula_norm_union",
+        help="the normalised AULA column (default aula_norm_union, the one the engine's decision uses)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--out", help="write the calibrated model to this new file")
+    parser.add_argument("--in-place", action="store_true", help="write the threshold into --model itself")
+    parser.add_argument("--overwrite", action="store_true", help="allow replacing an existing file")
+    parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> tuple[list, list, str]:
+    from ..evaluation.runner import read_csv
+
+    rows = read_csv(path)
+    layer_ensembles = sorted(
+        {
+            r["method"]
+            for r in rows
+            if r.get("kind") == "layer_ensemble" and score in r and r.get(score) == r.get(score)
+        }
+    )
+    if method is None:
+        if len(layer_ensembles) != 1:
+            raise InputError(
+                f"{path}: pass --method, one of {layer_ensembles or 'the methods'} "
+                f"(layer ensembles with {score})"
+            )
+        method = layer_ensembles[0]
+    selected = [r for r in rows if r["method"] == method]
+    if not selected:
+        raise InputError(f"{path}: no rows for method {method!r}")
+    for column in (score, metric):
+        if column not in selected[0]:
+            raise InputError(f"{path}: no column {column!r}")
+    return [r[score] for r in selected], [r[metric] for r in selected], f"{path} (method {method})"
+
+
+def _pairs_from_data(args: argparse.Namespace) -> tuple[list, list, str]:
+    from ..evaluation import runner, shifts
+    from ..evaluation.datasets import select_cases
+
+    methods = runner.load_methods([f"model={args.model}"])
+    if not methods[0].has_aula:
+        raise InputError(f"{args.model}: AULA needs a layer-ensemble model keeping at least two heads")
+    cases, description = select_cases(args.dataset, args.images, args.labels, args.cases, args.max_cases)
+    settings = runner.EvaluationSettings(
+        shifts=shifts.parse_shifts(args.shifts),
+        severities=shifts.parse_severities(args.severities),
+        seed=args.seed,
+        device=args.device,
+        head_curve=False,
+        cost_probe=False,
+    )
+    conditions = runner.conditions_for(settings.shifts, settings.severities)
+    bar = runner._progress(len(cases) * len(conditions), not args.no_progress)
+    scores, dice = [], []
+    try:
+        for rows, _ in runner.evaluate_cases(
+            methods, cases, conditions, settings, bar=bar, with_distances=False
+        ):
+            for row in rows:
+                if args.score not in row or args.metric not in row:
+                    raise InputError(f"{args.model}: no {args.score!r} or {args.metric!r} for {row['case']}")
+                scores.append(row[args.score])
+                dice.append(row[args.metric])
+    finally:
+        if bar is not None:
+            bar.close()
+    shifted = f", shifts {','.join(settings.shifts)}" if settings.shifts else ""
+    return scores, dice, f"{description}: {len(cases)} cases × {len(conditions)} conditions{shifted}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..contract import read_metadata
+    from ..evaluation.calibration import choose_threshold, write_threshold
+
+    if args.in_place and args.out:
+        raise InputError("give either --out FILE or --in-place, not both")
+    if args.in_place and not args.overwrite:
+        raise InputError(f"{args.model}: --in-place replaces the model file; add --overwrite to confirm")
+    destination = Path(args.model) if args.in_place else Path(args.out) if args.out else None
+    if destination is not None and destination.exists() and not args.overwrite:
+        raise InputError(f"{destination}: already exists (use --overwrite to replace it)")
+    metadata = read_metadata(args.model)
+    if metadata.kind != "layer_ensemble":
+        raise InputError(
+            f"{args.model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
+        )
+    if args.from_csv:
+        scores, dice, data = _pairs_from_csv(args.from_csv, args.method, args.score, args.metric)
+    else:
+        scores, dice, data = _pairs_from_data(args)
+    calibration = choose_threshold(scores, dice, args.target_dice, args.sensitivity, args.score)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(calibration), "data": data}, indent=2))
+    else:
+        print(calibration.summary())
+    if calibration.sensitivity < args.sensitivity:
+        print(
+            f"warning: only sensitivity {calibration.sensitivity:.3f} is reachable (poor cases with AULA 1)",
+            file=sys.stderr,
+        )
+    if destination is None:
+        print(
+            "no file written (pass --out FILE or --in-place --overwrite to store the threshold)",
+            file=sys.stderr,
+        )
+        return 0
+    write_threshold(args.model, calibration, destination, overwrite=args.overwrite, data=data)
+    print(f"wrote {destination} (aula_threshold {calibration.threshold:.4f})")
+    return 0

@@ -1,0 +1,131 @@
+"""Choosing the normalised-AULA threshold that decides accepted versus flagged for review.
+
+The engine accepts a case when normalised AULA ≥ threshold and flags it otherwise. A reviewer's
+question is "which threshold catches (say) 90 % of the segmentations with Dice below 0.8?". On
+validation data with P such poor cases, catching ``ceil(S·P)`` of them requires a threshold above the
+``ceil(S·P)``-th lowest AULA among the poor cases; the smallest such threshold flags the fewest good
+cases, so it has the best specificity for that sensitivity. Any threshold strictly between that AULA
+and the next higher AULA of any case gives the same validation result; the midpoint is taken so the
+choice does not sit on a validation case's value.
+
+The threshold is written into the model's metadata (``aula_threshold``), which ``segment`` and the
+Slicer slider use as their default, along with what it was calibrated on (``provenance``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import ModelMetadata
+from ..errors import InputError
+from .archive import rewrite_metadata
+
+DEFAULT_SCORE = "aula_norm_union"
+
+
+@dataclass
+class Calibration:
+    threshold: float
+    target_dice: float
+    requested_sensitivity: float
+    sensitivity: float  # flagged poor cases / poor cases, on the calibration data
+    specificity: float  # accepted good cases / good cases
+    poor_cases: int
+    good_cases: int
+    flagged_cases: int
+    dropped_cases: int  # cases without a finite score or Dice
+    score: str = DEFAULT_SCORE
+
+    def summary(self) -> str:
+        return (
+            f"AULA threshold {self.threshold:.4f} ({self.score}): flags {self.flagged_cases} of "
+            f"{self.poor_cases + self.good_cases} cases; sensitivity {self.sensitivity:.3f} for Dice < "
+            f"{self.target_dice} ({self.poor_cases} poor cases; requested {self.requested_sensitivity}), "
+            f"specificity {self.specificity:.3f} ({self.good_cases} good cases)"
+        )
+
+
+def flag_rates(scores, dice, threshold: float, target_dice: float) -> tuple[float, float, int]:
+    """Sensitivity and specificity of "flag when score < threshold" for finding Dice < target."""
+    scores = np.asarray(scores, float)
+    dice = np.asarray(dice, float)
+    poor = dice < target_dice
+    flagged = scores < threshold
+    sensitivity = float(flagged[poor].mean()) if poor.any() else float("nan")
+    specificity = float((~flagged[~poor]).mean()) if (~poor).any() else float("nan")
+    return sensitivity, specificity, int(flagged.sum())
+
+
+def choose_threshold(
+    scores, dice, target_dice: float, sensitivity: float, score: str = DEFAULT_SCORE
+) -> Calibration:
+    """The smallest threshold on ``scores`` (high = confident, in [0, 1]) reaching ``sensitivity``."""
+    if not 0 < sensitivity <= 1:
+        raise InputError(f"--sensitivity {sensitivity}: must be in (0, 1]")
+    if not 0 < target_dice <= 1:
+        raise InputError(f"--target-dice {target_dice}: must be in (0, 1]")
+    scores = np.asarray(scores, float)
+    dice = np.asarray(dice, float)
+    if scores.shape != dice.shape:
+        raise ValueError(f"{scores.size} scores for {dice.size} Dice values")
+    keep = np.isfinite(scores) & np.isfinite(dice)
+    dropped = int((~keep).sum())
+    scores, dice = scores[keep], dice[keep]
+    poor_scores = np.sort(scores[dice < target_dice])
+    if poor_scores.size == 0:
+        raise InputError(
+            f"no case has Dice below {target_dice} on the calibration data, so no threshold can be "
+            "chosen; add synthetic shifts (--shifts all) or raise --target-dice"
+        )
+    needed = max(1, math.ceil(sensitivity * poor_scores.size - 1e-9))
+    boundary = float(poor_scores[needed - 1])
+    above = scores[scores > boundary]
+    if above.size:
+        threshold = (boundary + float(above.min())) / 2
+    else:  # every case scores at or below the boundary: go half way to the top of the scale
+        threshold = boundary + (1.0 - boundary) / 2 if boundary < 1.0 else 1.0
+    threshold = float(min(max(threshold, 0.0), 1.0))
+    reached, specificity, flagged = flag_rates(scores, dice, threshold, target_dice)
+    return Calibration(
+        threshold,
+        float(target_dice),
+        float(sensitivity),
+        reached,
+        specificity,
+        int(poor_scores.size),
+        int(scores.size - poor_scores.size),
+        flagged,
+        dropped,
+        score,
+    )
+
+
+def write_threshold(
+    model: str | Path,
+    calibration: Calibration,
+    destination: str | Path,
+    overwrite: bool = False,
+    data: str = "",
+) -> ModelMetadata:
+    """Save ``model`` to ``destination`` with the calibrated threshold in its metadata."""
+
+    def update(metadata: ModelMetadata) -> None:
+        if metadata.kind != "layer_ensemble":
+            raise InputError(
+                f"{model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
+            )
+        metadata.aula_threshold = round(calibration.threshold, 6)
+        metadata.provenance = dict(metadata.provenance)
+        record = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(calibration).items()
+        }
+        record.update(data=data, date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        metadata.provenance["aula_calibration"] = record
+
+    _, metadata = rewrite_metadata(model, destination, update, overwrite=overwrite)
+    return metadata

@@ -1,0 +1,408 @@
+"""Run every method over a labelled dataset, clean and with synthetic shifts, and record each case.
+
+The output folder holds what the report is built from, so the report can be regenerated at any time:
+
+- ``cases.csv``: one row per (method, case, condition) with the metrics and the image-level scores;
+- ``heads.csv``: for layer ensembles, Dice and NLL as the number of skipped heads k goes from 0 to
+  L − 1 (Fig. 3), from recombination of the same forward pass;
+- ``cost.json``: per method, parameters, forward passes and the cost probe's time and peak memory;
+- ``run.json``: the configuration (methods, dataset, shifts, thresholds, versions).
+
+The CSV files are rewritten atomically after each case, so an interrupted run leaves valid files
+and ``resume`` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from .. import __version__
+from ..contract import ModelMetadata, read_metadata
+from ..errors import InputError
+from ..fileio import atomic_write_json, atomic_write_text, read_image
+from . import cost, metrics, scores, shifts
+
+CASES_FILE = "cases.csv"
+HEADS_FILE = "heads.csv"
+COST_FILE = "cost.json"
+RUN_FILE = "run.json"
+CLEAN = "clean"
+KEY_COLUMNS = ("method", "kind", "case", "condition", "shift", "severity")
+MAPS = ("entropy", "mutual_information", "variance")
+
+
+@dataclass
+class Method:
+    name: str
+    path: Path
+    metadata: ModelMetadata
+
+    @property
+    def has_aula(self) -> bool:
+        """AULA is a layer-ensemble score; it needs at least two kept heads (one adjacent pair)."""
+        kept = self.metadata.num_heads - self.metadata.skip_heads
+        return self.metadata.kind == "layer_ensemble" and kept >= 2
+
+    @property
+    def has_head_curve(self) -> bool:
+        return self.metadata.kind == "layer_ensemble" and self.metadata.num_heads >= 2 and self.has_aula
+
+
+@dataclass(frozen=True)
+class Condition:
+    shift: str  # "none" for the clean images
+    severity: int  # 0 for the clean images
+
+    @property
+    def name(self) -> str:
+        return CLEAN if self.shift == "none" else f"{self.shift}-{self.severity}"
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image: Path
+    label: Path
+
+
+def parse_method(text: str) -> tuple[str, Path]:
+    """``NAME=MODEL.pt`` (or a bare path, named after the file)."""
+    name, separator, path = text.partition("=")
+    if not separator:
+        name, path = Path(text).stem, text
+    name = name.strip()
+    if not name or any(c in name for c in ',\n"') or name.startswith("-"):
+        raise InputError(f"--model {text}: method names may not be empty or contain commas or quotes")
+    return name, Path(path)
+
+
+def load_methods(specs: Sequence[str]) -> list[Method]:
+    methods, seen = [], set()
+    for spec in specs:
+        name, path = parse_method(spec)
+        if name in seen:
+            raise InputError(f"--model {spec}: the name {name!r} is used twice")
+        seen.add(name)
+        methods.append(Method(name, path, read_metadata(path)))
+    if not methods:
+        raise InputError("give at least one --model NAME=MODEL.pt")
+    reference = methods[0].metadata
+    for method in methods[1:]:
+        if [(c.name, c.value) for c in method.metadata.classes] != [
+            (c.name, c.value) for c in reference.classes
+        ]:
+            raise InputError(
+                f"{method.path}: its classes differ from those of {methods[0].path}; methods "
+                "compared in one evaluation must segment the same structures"
+            )
+    return methods
+
+
+def conditions_for(shift_names: Sequence[str], severities: Sequence[int]) -> list[Condition]:
+    return [Condition("none", 0)] + [Condition(s, v) for s in shift_names for v in severities]
+
+
+def default_reference(methods: Sequence[Method]) -> str:
+    """The layer ensemble the others are tested against: the first one that keeps several heads."""
+    for method in methods:
+        if method.has_aula:
+            return method.name
+    return methods[0].name
+
+
+# ------------------------------------------------------------------------------------------ one case
+
+
+def case_metrics(
+    prediction: Any,
+    label: np.ndarray,
+    label_indices: np.ndarray,
+    spacing: Sequence[float],
+    foreground: dict[str, int],
+    with_distances: bool = True,
+) -> dict[str, float]:
+    """Metrics of one prediction against the reference (arrays in z, y, x; spacing x, y, z)."""
+    segmentation = sitk.GetArrayViewFromImage(prediction.segmentation)
+    if with_distances:
+        row = metrics.segmentation_metrics(segmentation, label, spacing, foreground)
+    else:
+        row = {
+            f"dice_{metrics.column_name(n)}": metrics.dice(segmentation == v, label == v)
+            for n, v in foreground.items()
+        }
+        row["dice_mean"] = float(np.mean(list(row.values())))
+        row["dice_union"] = metrics.dice(
+            np.isin(segmentation, list(foreground.values())), np.isin(label, list(foreground.values()))
+        )
+    probabilities = sitk.GetArrayViewFromImage(prediction.probabilities)
+    row["nll"] = metrics.negative_log_likelihood(probabilities, label_indices)
+    return row
+
+
+def evaluate_prediction(
+    method: Method,
+    prediction: Any,
+    label: np.ndarray,
+    label_indices: np.ndarray,
+    spacing: Sequence[float],
+    foreground: dict[str, int],
+    with_distances: bool = True,
+) -> dict[str, Any]:
+    row: dict[str, Any] = case_metrics(prediction, label, label_indices, spacing, foreground, with_distances)
+    row.update(scores.image_scores(prediction, with_aula=method.has_aula))
+    if method.has_aula:
+        row["empty_foreground"] = float(bool(prediction.aula.empty_foreground))
+        row["accepted"] = float(bool(prediction.accepted))
+        row["aula_threshold"] = float(prediction.threshold)
+    row["forward_s"] = float(prediction.timings.get("forward", math.nan))
+    return row
+
+
+def head_curve(
+    method: Method,
+    prediction: Any,
+    label: np.ndarray,
+    label_indices: np.ndarray,
+    spacing: Sequence[float],
+    foreground: dict[str, int],
+) -> list[dict[str, Any]]:
+    """Dice and NLL for k = 0 .. L − 1 skipped heads, recombined from the same pass (Fig. 3)."""
+    rows = []
+    for skip in range(method.metadata.num_heads):
+        recombined = prediction.recombine(skip_heads=skip, maps=())
+        values = case_metrics(recombined, label, label_indices, spacing, foreground, with_distances=False)
+        rows.append({"skip_heads": skip, "kept_heads": method.metadata.num_heads - skip, **values})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], leading: Sequence[str]) -> None:
+    """All rows, leading columns first and the rest sorted, written to a temporary file and renamed."""
+    columns = list(leading) + sorted({k for row in rows for k in row} - set(leading))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue(), overwrite=True)
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(round(value, 8))
+    return value
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with numbers as floats (empty cells as NaN) and the key columns as text."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: not found")
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    text_columns = {"method", "kind", "case", "condition", "shift", "device"}
+    parsed = []
+    for row in rows:
+        parsed.append({k: (v if k in text_columns else _number(v)) for k, v in row.items()})
+    return parsed
+
+
+def _number(text: str) -> float | str:
+    if text == "" or text is None:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class EvaluationSettings:
+    shifts: list[str]
+    severities: list[int]
+    seed: int = 0
+    dice_threshold: float = 0.8
+    qc_metric: str = "dice_mean"
+    reference: str | None = None
+    device: str = "auto"
+    head_curve: bool = True
+    cost_probe: bool = True
+
+
+def run_evaluation(
+    methods: Sequence[Method],
+    cases: Sequence[Case],
+    settings: EvaluationSettings,
+    out: str | Path,
+    dataset: str = "",
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Evaluate ``methods`` on ``cases`` under every condition; write the files described above."""
+    out = Path(out)
+    cases_path, heads_path = out / CASES_FILE, out / HEADS_FILE
+    if cases_path.exists() and not (overwrite or resume):
+        raise InputError(
+            f"{out}: already holds an evaluation ({CASES_FILE}); use --resume to continue it, "
+            "--overwrite to replace it, or --report-only to rebuild its report"
+        )
+    if not cases:
+        raise InputError(f"{dataset or out}: no cases to evaluate")
+    rows = read_csv(cases_path) if resume and cases_path.exists() else []
+    head_rows = read_csv(heads_path) if resume and heads_path.exists() else []
+    done = {(r["method"], r["case"], r["condition"]) for r in rows}
+    conditions = conditions_for(settings.shifts, settings.severities)
+    reference = settings.reference or default_reference(methods)
+    if reference not in [m.name for m in methods]:
+        raise InputError(f"--reference {reference}: not among the methods {[m.name for m in methods]}")
+    classes = methods[0].metadata.classes
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        out / RUN_FILE,
+        {
+            "methods": [
+                {
+                    "name": m.name,
+                    "path": str(m.path),
+                    "kind": m.metadata.kind,
+                    "model_name": m.metadata.name,
+                    "heads": m.metadata.num_heads,
+                    "skip_heads": m.metadata.skip_heads,
+                }
+                for m in methods
+            ],
+            "reference": reference,
+            "dataset": dataset,
+            "cases": [c.case_id for c in cases],
+            "classes": [{"name": c.name, "value": c.value} for c in classes],
+            "conditions": [c.name for c in conditions],
+            "shifts": settings.shifts,
+            "severities": settings.severities,
+            "seed": settings.seed,
+            "dice_threshold": settings.dice_threshold,
+            "qc_metric": settings.qc_metric,
+            "device": settings.device,
+            "library_version": __version__,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        overwrite=True,
+    )
+
+    bar = _progress(len(cases) * len(conditions), progress)
+    try:
+        for case_rows, case_head_rows in evaluate_cases(methods, cases, conditions, settings, done, bar):
+            rows.extend(case_rows)
+            head_rows.extend(case_head_rows)
+            write_csv(cases_path, rows, KEY_COLUMNS)
+            if head_rows:
+                write_csv(heads_path, head_rows, KEY_COLUMNS + ("skip_heads", "kept_heads"))
+    finally:
+        if bar is not None:
+            bar.close()
+    write_cost(methods, cases[0], settings, out, log)
+    return out
+
+
+def evaluate_cases(
+    methods: Sequence[Method],
+    cases: Sequence[Case],
+    conditions: Sequence[Condition],
+    settings: EvaluationSettings,
+    done: set[tuple[str, str, str]] = frozenset(),
+    bar: Any = None,
+    with_distances: bool = True,
+) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Per case, the rows of every (method, condition) not in ``done``, and the head-curve rows."""
+    from ..inference import Predictor
+
+    classes = methods[0].metadata.classes
+    foreground = {c.name: c.value for c in classes if c.value != 0}
+    class_values = [c.value for c in classes]
+    predictors = {m.name: Predictor(m.path, device=settings.device) for m in methods}
+    for case in cases:
+        image, label_image = read_image(case.image), read_image(case.label)
+        metrics.check_same_grid(image, label_image, str(case.label))
+        label = sitk.GetArrayFromImage(label_image).astype(np.int64)
+        label_indices = metrics.labels_to_indices(label, class_values, str(case.label))
+        spacing = image.GetSpacing()
+        rows: list[dict[str, Any]] = []
+        head_rows: list[dict[str, Any]] = []
+        for condition in conditions:
+            pending = [m for m in methods if (m.name, case.case_id, condition.name) not in done]
+            shifted = image
+            if pending and condition.shift != "none":
+                shifted = shifts.apply_shift(
+                    image, condition.shift, condition.severity, settings.seed, case.case_id
+                )
+            for method in pending:
+                start = time.perf_counter()
+                prediction = predictors[method.name].predict(shifted, maps=MAPS, source=str(case.image))
+                seconds = time.perf_counter() - start
+                key = {
+                    "method": method.name,
+                    "kind": method.metadata.kind,
+                    "case": case.case_id,
+                    "condition": condition.name,
+                    "shift": condition.shift,
+                    "severity": condition.severity,
+                }
+                values = evaluate_prediction(
+                    method, prediction, label, label_indices, spacing, foreground, with_distances
+                )
+                rows.append({**key, **values, "time_s": seconds, "device": prediction.device})
+                if settings.head_curve and method.has_head_curve:
+                    head_rows.extend(
+                        {**key, **curve_row}
+                        for curve_row in head_curve(
+                            method, prediction, label, label_indices, spacing, foreground
+                        )
+                    )
+            if bar is not None:
+                bar.update(1)
+        yield rows, head_rows
+
+
+def write_cost(
+    methods: Sequence[Method], case: Case, settings: EvaluationSettings, out: Path, log: Callable[[str], None]
+) -> None:
+    document = {}
+    for method in methods:
+        entry: dict[str, Any] = {
+            "kind": method.metadata.kind,
+            "parameters": cost.parameter_count(method.path),
+            "forward_passes": cost.forward_passes(method.metadata),
+            "heads": method.metadata.num_heads,
+        }
+        if settings.cost_probe:
+            log(f"measuring the cost of {method.name} on {case.case_id} in a fresh process")
+            entry["probe"] = {**cost.probe(method.path, case.image, settings.device), "case": case.case_id}
+        document[method.name] = entry
+    atomic_write_json(out / COST_FILE, document, overwrite=True)
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="evaluating", unit="case-condition")
