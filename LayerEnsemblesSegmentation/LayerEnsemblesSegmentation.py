@@ -551,9 +551,10 @@ class LayerEnsemblesSegmentationTest(ScriptedLoadableModuleTest):
         self.assertIn(decision, ("accepted", "flagged"))
         expectedStatus = "completed" if decision == "accepted" else "flagged"
         segment = segmentation.GetSegmentation().GetSegment("class_1")
-        self.assertIn(segment.GetTag("Segmentation.Status", ""), ("completed", "flagged"))
+        status = sceneLogic.segment_tag(segment, "Segmentation.Status")
+        self.assertIn(status, ("completed", "flagged"))
         if "anterior" not in result.prediction.aula.empty_classes:
-            self.assertEqual(segment.GetTag("Segmentation.Status", ""), expectedStatus)
+            self.assertEqual(status, expectedStatus)
         heatmap = slicer.mrmlScene.GetNodeByID(result.heatmap_ids["agreement"])
         self.assertEqual(heatmap.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
         compositeNode = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()

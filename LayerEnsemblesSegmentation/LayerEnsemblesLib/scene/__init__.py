@@ -7,7 +7,7 @@ must happen on the thread that owns it; the predictor, file reading and region f
 
 from .bootstrap import SceneContext, add_slice_views, create_scene
 from .colors import heatmap_color_table
-from .decision import read_decision, segment_status, store_decision
+from .decision import read_decision, segment_status, segment_tag, store_decision
 from .geometry import (
     add_volume_from_image,
     crop_to_box,
@@ -52,7 +52,8 @@ __all__ = [
     "create_segmentation_node", "crop_to_box", "find_uncertain_regions", "heatmap_color_table",
     "image_from_volume", "is_user_edited", "jump_to_region", "load_case_image", "lps_to_ras", "next_region",
     "ras_to_lps", "read_decision", "recombine_result", "remove_result", "roi_corners_ras", "segment_array",
-    "segment_cases", "segment_id", "segment_status", "set_heatmap_opacity", "show_in_slice_views",
+    "segment_cases", "segment_id", "segment_status",
+    "segment_tag", "set_heatmap_opacity", "show_in_slice_views",
     "show_result", "show_table_row", "store_decision", "uncrop", "update_volume_from_image",
     "write_agreement_plot", "write_heatmap",
 ]

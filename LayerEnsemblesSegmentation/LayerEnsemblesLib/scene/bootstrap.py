@@ -30,6 +30,8 @@ class SceneContext:
     colors_logic: Any
     volumes_logic: Any
     segmentations_logic: Any
+    # The application logic holds module logics by weak reference: the context keeps them alive.
+    subject_hierarchy_logic: Any = None
 
     @classmethod
     def from_slicer(cls, slicer_module: Any) -> SceneContext:
@@ -40,6 +42,7 @@ class SceneContext:
             colors_logic=slicer_module.modules.colors.logic(),
             volumes_logic=slicer_module.modules.volumes.logic(),
             segmentations_logic=slicer_module.modules.segmentations.logic(),
+            subject_hierarchy_logic=slicer_module.modules.subjecthierarchy.logic(),
         )
 
     def nodes_by_class(self, class_name: str) -> list:
@@ -89,10 +92,12 @@ def create_scene(slice_views: bool = True) -> SceneContext:
     volumes_logic = _register(app_logic, scene, slicer.vtkSlicerVolumesLogic(), "Volumes")
     segmentations_logic = _register(app_logic, scene, slicer.vtkSlicerSegmentationsModuleLogic(),
                                     "Segmentations")
-    _register(app_logic, scene, slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy")
+    hierarchy_logic = _register(app_logic, scene, slicer.vtkSlicerSubjectHierarchyModuleLogic(),
+                                "SubjectHierarchy")
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
 
-    context = SceneContext(scene, app_logic, colors_logic, volumes_logic, segmentations_logic)
+    context = SceneContext(scene, app_logic, colors_logic, volumes_logic, segmentations_logic,
+                           hierarchy_logic)
     if slice_views:
         add_slice_views(context)
     return context

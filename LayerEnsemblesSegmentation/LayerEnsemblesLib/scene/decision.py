@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import slicer
+import vtk
 
 PREFIX = "LayerEnsembles."
 ACCEPTED = "accepted"
@@ -70,6 +71,12 @@ def read_decision(node) -> dict[str, str]:
     """Every LayerEnsembles attribute of a segmentation node, without the prefix."""
     names = node.GetAttributeNames() or ()
     return {name[len(PREFIX):]: node.GetAttribute(name) for name in names if name.startswith(PREFIX)}
+
+
+def segment_tag(segment, name: str) -> str:
+    """A segment tag's value ("" when absent); the wrapped C++ call returns it through a reference."""
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else ""
 
 
 def segment_status(node, segment_identifier: str) -> str:

@@ -126,11 +126,12 @@ def crop_to_box(image: sitk.Image, corners_ras,
     """The part of ``image`` inside a box given by its RAS corners, and the index of its first voxel.
 
     The corners are mapped to voxel indices, so a box rotated against the image axes crops to the
-    voxel-aligned region that contains it.
+    voxel-aligned region that contains it; a voxel is in when its centre is.
     """
     indices = np.array([image.TransformPhysicalPointToContinuousIndex(ras_to_lps(c)) for c in corners_ras])
-    lower = np.maximum(np.floor(indices.min(axis=0)).astype(int), 0)
-    upper = np.minimum(np.ceil(indices.max(axis=0)).astype(int) + 1, np.array(image.GetSize()))
+    # Voxels whose centres lie inside the box (with a small tolerance for corners on a voxel centre).
+    lower = np.maximum(np.ceil(indices.min(axis=0) - 1e-4).astype(int), 0)
+    upper = np.minimum(np.floor(indices.max(axis=0) + 1e-4).astype(int) + 1, np.array(image.GetSize()))
     if np.any(upper <= lower):
         raise InputError(f"{source}: the ROI does not overlap the input volume")
     index = tuple(int(v) for v in lower)
