@@ -76,8 +76,10 @@ def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA and CPU allocation failures, including those raised inside TorchScript."""
     if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
+    if not isinstance(error, (RuntimeError, torch.jit.Error)):  # TorchScript wraps errors in jit.Error
+        return False
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def release_cached_memory(device: torch.device) -> None:

@@ -253,7 +253,7 @@ class Predictor:
             strides = strides * metadata.samples
 
         def on_window(done: int, total: int) -> None:
-            report(0.05 + 0.9 * done / total, f"window {done}/{total}")
+            report(0.05 + 0.85 * done / total, f"window {done}/{total}")
 
         forward = self._forward_function(module, volume.device)
         with contextlib.ExitStack() as stack:

@@ -72,16 +72,21 @@ def plan_windows(
 def shrink_window(
     window: Sequence[int], divisor: Sequence[int], slicewise: bool
 ) -> tuple[int, int, int] | None:
-    """Halve the largest shrinkable side (a 2D model's slice batch first); None when nothing can shrink."""
+    """Halve the largest shrinkable side (a 2D model's slice batch first); None when nothing can shrink.
+
+    Sides stop at twice the divisor: below that the deepest level is a single voxel, where instance
+    normalisation fails and the receptive field sees almost nothing.
+    """
     window = list(window)
     if slicewise and window[0] > 1:
         window[0] = max(1, window[0] // 2)
         return tuple(window)  # type: ignore[return-value]
-    candidates = [a for a in range(3) if window[a] > divisor[a]]
+    floors = [2 * d for d in divisor]
+    candidates = [a for a in range(3) if a >= (1 if slicewise else 0) and window[a] > floors[a]]
     if not candidates:
         return None
     axis = max(candidates, key=lambda a: window[a])
-    window[axis] = max(divisor[axis], window[axis] // 2 // divisor[axis] * divisor[axis])
+    window[axis] = max(floors[axis], window[axis] // 2 // divisor[axis] * divisor[axis])
     return tuple(window)  # type: ignore[return-value]
 
 
