@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -110,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--out DIR is required (or --report-only DIR)")
     if args.overwrite and args.resume:
         raise InputError("give either --overwrite or --resume, not both")
+    existing = Path(args.out) / runner.CASES_FILE
+    if existing.exists() and not (args.overwrite or args.resume):
+        raise InputError(
+            f"{args.out}: already holds an evaluation ({runner.CASES_FILE}); use --resume to continue it, "
+            "--overwrite to replace it, or --report-only to rebuild its report"
+        )
     methods = runner.load_methods(args.model)
     cases, description = select_cases(args.dataset, args.images, args.labels, args.cases, args.max_cases)
     settings = runner.EvaluationSettings(

@@ -1,0 +1,165 @@
+"""`layer-ensembles evaluate` end to end in a subprocess: two real methods on a small synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import make_tiny_model
+from LayerEnsemblesLib.cli import main
+from LayerEnsemblesLib.evaluation import baselines, metrics
+from synthetic_dataset import write_synthetic_dataset
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "LayerEnsemblesLib.cli", "evaluate", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _rows(path):
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("evaluation")
+    dataset = write_synthetic_dataset(folder / "data", count=4)
+    split = folder / "split.json"
+    split.write_text(json.dumps({"train": ["case_000", "case_001"], "validation": ["case_002", "case_003"]}))
+    # a patch as large as the images: one window per prediction keeps the test fast
+    layer_ensemble = make_tiny_model(folder / "le.pt", seed=0, patch_size=[32, 32, 32])
+    members = [make_tiny_model(folder / f"m{i}.pt", seed=10 + i, patch_size=[32, 32, 32]) for i in range(2)]
+    deep_ensemble = baselines.export_deep_ensemble(members, folder / "de.pt")
+    out = folder / "report"
+    completed = _cli(
+        "--model", f"LE={layer_ensemble}", "--model", f"DE={deep_ensemble}",
+        "--dataset", str(dataset), "--cases", f"{split}:validation",
+        "--shifts", "noise", "--severities", "3", "--device", "cpu", "--no-progress", "--out", str(out),
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    return folder, out, dataset, layer_ensemble, completed
+
+
+def test_cases_csv_has_one_row_per_method_case_and_condition(evaluation):
+    _, out, *_ = evaluation
+    rows = _rows(out / "cases.csv")
+    keys = {(r["method"], r["case"], r["condition"]) for r in rows}
+    assert len(rows) == len(keys) == 2 * 2 * 2  # methods x validation cases x (clean, noise-3)
+    assert {r["case"] for r in rows} == {"case_002", "case_003"}
+    assert {r["condition"] for r in rows} == {"clean", "noise-3"}
+    for row in rows:
+        for column in ("dice_structure1", "dice_structure2", "dice_union", "dice_mean"):
+            assert 0.0 <= float(row[column]) <= 1.0
+        for column in (
+            "mhd_mean",
+            "hd95_union",
+            "nll",
+            "entropy_sum",
+            "mutual_information_sum",
+            "variance_sum",
+        ):
+            assert float(row[column]) >= 0.0
+        if row["method"] == "LE":
+            assert 0.0 <= float(row["aula_norm_union"]) <= 1.0
+            assert float(row["aula_raw_union"]) == pytest.approx(4 * float(row["aula_norm_union"]), abs=1e-6)
+        else:
+            assert row["kind"] == "deep_ensemble" and row["aula_norm_union"] == ""
+
+
+def test_csv_metrics_match_an_independent_prediction(evaluation):
+    _, out, dataset, layer_ensemble, _ = evaluation
+    from LayerEnsemblesLib.inference import Predictor
+
+    image = sitk.ReadImage(str(dataset.parent / "imagesTr" / "case_002.nii.gz"))
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset.parent / "labelsTr" / "case_002.nii.gz")))
+    prediction = Predictor(layer_ensemble, device="cpu").predict(image, maps=("entropy",))
+    segmentation = sitk.GetArrayFromImage(prediction.segmentation)
+    probabilities = sitk.GetArrayFromImage(prediction.probabilities)
+    (row,) = [r for r in _rows(out / "cases.csv") if (r["method"], r["case"], r["condition"]) ==
+              ("LE", "case_002", "clean")]  # fmt: skip
+    assert float(row["dice_structure1"]) == pytest.approx(
+        metrics.dice(segmentation == 1, label == 1), abs=1e-7
+    )
+    assert float(row["nll"]) == pytest.approx(metrics.negative_log_likelihood(probabilities, label), rel=1e-6)
+    entropy = sitk.GetArrayFromImage(prediction.maps["entropy"]).astype(np.float64).sum()
+    assert float(row["entropy_sum"]) == pytest.approx(entropy, rel=1e-5)
+    assert float(row["aula_norm_union"]) == pytest.approx(prediction.aula.normalized["union"], abs=1e-7)
+
+
+def test_head_curve_cost_and_run_files(evaluation):
+    _, out, *_ = evaluation
+    heads = _rows(out / "heads.csv")
+    assert {r["method"] for r in heads} == {"LE"}
+    assert len(heads) == 2 * 2 * 6  # cases x conditions x (k = 0 .. 5 of 6 heads)
+    assert sorted({int(r["skip_heads"]) for r in heads}) == list(range(6))
+    # k = 0 keeps every head: the same prediction as the row in cases.csv
+    cases = {(r["case"], r["condition"]): r for r in _rows(out / "cases.csv") if r["method"] == "LE"}
+    for row in heads:
+        if row["skip_heads"] == "0":
+            assert float(row["nll"]) == pytest.approx(float(cases[(row["case"], row["condition"])]["nll"]))
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["LE"]["forward_passes"] == 1 and cost["DE"]["forward_passes"] == 2
+    assert cost["DE"]["parameters"] > cost["LE"]["parameters"]
+    for name in ("LE", "DE"):
+        probe = cost[name]["probe"]
+        assert "error" not in probe, probe
+        assert probe["seconds_warm"] > 0 and probe["peak_host_mb"] >= 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["reference"] == "LE" and run["dice_threshold"] == 0.8
+
+
+def test_report_files(evaluation):
+    _, out, *_ = evaluation
+    report = (out / "report.md").read_text()
+    for heading in ("Table 1", "Table 2", "Fig. 2", "Fig. 3", "Cost", "Clean cases only"):
+        assert heading in report
+    assert "| **LE** | 4 |" in report  # reference row of Table 1 over 2 cases x 2 conditions
+    assert "| DE | entropy (sum) |" in report
+    for figure in ("fig2_qc.png", "fig2_qc_main.png", "fig3_heads.png", "scores_vs_dice.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({figure})" in report
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html and "fig2_qc.png" in html
+
+
+def test_report_only_rebuilds_from_the_csv(evaluation):
+    _, out, *_ = evaluation
+    before = (out / "cases.csv").read_bytes()
+    assert main(["evaluate", "--report-only", str(out), "--dice-threshold", "0.05"]) == 0  # in process: fast
+    assert "dice_mean < 0.05" in (out / "report.md").read_text()
+    assert (out / "cases.csv").read_bytes() == before
+
+
+def test_existing_evaluation_is_not_overwritten(evaluation):
+    folder, out, dataset, layer_ensemble, _ = evaluation
+    before = (out / "cases.csv").read_bytes()
+    completed = _cli("--model", f"LE={layer_ensemble}", "--dataset", str(dataset), "--out", str(out))
+    assert completed.returncode == 2
+    assert completed.stderr.strip().count("\n") == 0 and "--overwrite" in completed.stderr
+    assert (out / "cases.csv").read_bytes() == before
+
+
+def test_bad_arguments_give_one_line_errors(evaluation, tmp_path, capsys):
+    folder, _, dataset, layer_ensemble, _ = evaluation
+    cases = [
+        (("--model", f"LE={layer_ensemble}", "--dataset", str(dataset), "--shifts", "sparkle", "--out",
+          str(tmp_path / "a")), "unknown shift"),
+        (("--model", f"LE={layer_ensemble}", "--dataset", str(dataset), "--cases",
+          f"{folder}/split.json:test", "--out", str(tmp_path / "b")), "no list 'test'"),
+        (("--model", f"LE={layer_ensemble}", "--out", str(tmp_path / "c")), "--dataset"),
+        (("--report-only", str(tmp_path)), "no cases.csv"),
+    ]  # fmt: skip
+    for arguments, message in cases:  # in process (the subprocess path is tested above): fast
+        assert main(["evaluate", *arguments]) == 2, arguments
+        stderr = capsys.readouterr().err
+        assert message in stderr and stderr.strip().count("\n") == 0
