@@ -60,6 +60,8 @@ class TrainConfig:
     validate_every: int = 1
     skip_heads: int = 0  # shallow heads left out of the validation ensemble (and the export default)
     seed: int = 0
+    split_seed: int | None = None  # seed of the train/validation split (None: seed); lets
+    # independently seeded runs (a deep ensemble's members) share one held-out set
     device: str = "auto"
     amp: str = "auto"
     threads: int | None = None

@@ -155,11 +155,12 @@ def _run(
     _seed_everything(config.seed)
     source = read_source(config)
     cases = sorted(source.cases, key=lambda c: c.case_id)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
     if config.max_cases and config.max_cases < len(cases):
-        random.Random(config.seed).shuffle(cases)
+        random.Random(split_seed).shuffle(cases)
         cases = sorted(cases[: config.max_cases], key=lambda c: c.case_id)
     if state is None:
-        split = make_split([c.case_id for c in cases], config.validation_fraction, config.seed)
+        split = make_split([c.case_id for c in cases], config.validation_fraction, split_seed)
     else:
         split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     by_id = {c.case_id: c for c in cases}
