@@ -38,4 +38,5 @@ def ras_to_ijk(volume_node, ras) -> np.ndarray:
 def predictor(tiny_model_file):
     from LayerEnsemblesLib.inference import Predictor
 
-    return Predictor(tiny_model_file, device="cpu")
+    # One window covers these small volumes; the tiny model's 16³ training patch would need ~100 windows.
+    return Predictor(tiny_model_file, device="cpu", window_size=(64, 64, 64))

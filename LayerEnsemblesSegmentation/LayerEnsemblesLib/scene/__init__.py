@@ -29,7 +29,15 @@ from .heatmaps import (
 )
 from .plots import write_agreement_plot
 from .regions import UncertainRegion, find_uncertain_regions, jump_to_region
-from .results import CaseResult, apply_prediction, next_region, recombine_result, remove_result, show_result
+from .results import (
+    CaseResult,
+    apply_prediction,
+    next_region,
+    recombine_result,
+    remove_nodes,
+    remove_result,
+    show_result,
+)
 from .segmentation import content_hash, create_segmentation_node, is_user_edited, segment_array, segment_id
 from .session import ReviewSession
 from .worklist import (
@@ -44,16 +52,13 @@ from .worklist import (
 )
 
 __all__ = [
-    "Batch", "CaseInput", "CaseResult", "ReviewSession",
-    "DEFAULT_OPACITY", "DEFAULT_VISIBLE_FROM", "HEATMAP_KINDS",
-    "HEATMAP_LABELS", "SceneContext", "UncertainRegion", "Worklist", "add_slice_views",
-    "add_volume_from_image",
-    "apply_prediction", "case_input_from_volume", "case_inputs_from_folder", "content_hash", "create_scene",
-    "create_segmentation_node", "crop_to_box", "find_uncertain_regions", "heatmap_color_table",
-    "image_from_volume", "is_user_edited", "jump_to_region", "load_case_image", "lps_to_ras", "next_region",
-    "ras_to_lps", "read_decision", "recombine_result", "remove_result", "roi_corners_ras", "segment_array",
-    "segment_cases", "segment_id", "segment_status",
-    "segment_tag", "set_heatmap_opacity", "show_in_slice_views",
-    "show_result", "show_table_row", "store_decision", "uncrop", "update_volume_from_image",
-    "write_agreement_plot", "write_heatmap",
+    "Batch", "CaseInput", "CaseResult", "DEFAULT_OPACITY", "DEFAULT_VISIBLE_FROM", "HEATMAP_KINDS",
+    "HEATMAP_LABELS", "ReviewSession", "SceneContext", "UncertainRegion", "Worklist", "add_slice_views",
+    "add_volume_from_image", "apply_prediction", "case_input_from_volume", "case_inputs_from_folder",
+    "content_hash", "create_scene", "create_segmentation_node", "crop_to_box", "find_uncertain_regions",
+    "heatmap_color_table", "image_from_volume", "is_user_edited", "jump_to_region", "load_case_image",
+    "lps_to_ras", "next_region", "ras_to_lps", "read_decision", "recombine_result", "remove_nodes",
+    "remove_result", "roi_corners_ras", "segment_array", "segment_cases", "segment_id", "segment_status",
+    "segment_tag", "set_heatmap_opacity", "show_in_slice_views", "show_result", "show_table_row",
+    "store_decision", "uncrop", "update_volume_from_image", "write_agreement_plot", "write_heatmap",
 ]

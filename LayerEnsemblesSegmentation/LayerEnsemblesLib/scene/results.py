@@ -160,18 +160,27 @@ def next_region(context: SceneContext, result: CaseResult) -> UncertainRegion | 
 
 
 def remove_result(context: SceneContext, result: CaseResult) -> None:
-    """Remove every node this case created (used to roll back a cancelled batch)."""
+    """Remove every node this case created, with their display, storage, legend and plot-series nodes."""
+    doomed = []
     for node_id in result.node_ids():
         node = context.node(node_id)
         if node is None:
             continue
         if node.IsA("vtkMRMLPlotChartNode"):
-            for index in range(node.GetNumberOfPlotSeriesNodes()):
-                series = node.GetNthPlotSeriesNode(index)
-                if series is not None:
-                    context.scene.RemoveNode(series)
+            doomed += [node.GetNthPlotSeriesNode(i) for i in range(node.GetNumberOfPlotSeriesNodes())]
         if node.IsA("vtkMRMLScalarVolumeNode"):
-            legend = context.colors_logic.GetColorLegendDisplayNode(node)
-            if legend is not None:
-                context.scene.RemoveNode(legend)
-        context.scene.RemoveNode(node)
+            doomed.append(context.colors_logic.GetColorLegendDisplayNode(node))
+        if node.IsA("vtkMRMLDisplayableNode"):
+            doomed += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if node.IsA("vtkMRMLStorableNode"):
+            doomed += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        doomed.append(node)
+    remove_nodes(context, [node.GetID() for node in doomed if node is not None])
+
+
+def remove_nodes(context: SceneContext, node_ids) -> None:
+    """Remove nodes by ID, last added first, skipping those already gone."""
+    for node_id in reversed(list(dict.fromkeys(node_ids))):
+        node = context.node(node_id)
+        if node is not None:
+            context.scene.RemoveNode(node)

@@ -25,7 +25,7 @@ from ..fileio import read_image
 from .bootstrap import SceneContext
 from .geometry import add_volume_from_image, crop_to_box, image_from_volume
 from .heatmaps import DEFAULT_OPACITY, show_in_slice_views
-from .results import HEATMAP_ROLE_PREFIX, CaseResult, apply_prediction, remove_result
+from .results import HEATMAP_ROLE_PREFIX, CaseResult, apply_prediction, remove_nodes
 from .segmentation import ROLE_ATTRIBUTE
 
 WORKLIST_NAME = "LayerEnsembles worklist"
@@ -162,21 +162,28 @@ class Batch:
         self.worklist = worklist or Worklist(context)
         self._table_existed = context.node(self.worklist.table_id) is not None
         self.results: list[CaseResult] = []
-        self._volume_ids: list[str] = []
+        self._added_ids: list[str] = []  # every node the commits added, in order (the rollback list)
 
     def commit(self, case: CaseInput, prediction: Any, metadata: Any, reference: sitk.Image,
                crop_index=None) -> CaseResult:
-        """Write one finished case (main thread): its volume if it came from a file, then its results."""
+        """Write one finished case (main thread): its volume if it came from a file, then its results.
+
+        The nodes it adds are recorded by comparing the scene before and after: the commit runs on the
+        main thread in one go, so nothing else can add nodes in between.
+        """
+        before = set(_node_ids(self.context))
         input_node = self.context.node(case.input_id)
         if input_node is None:
             input_node = add_volume_from_image(self.context.scene, reference,
                                                self.context.scene.GenerateUniqueName(case.name))
             case.input_id = input_node.GetID()
-            self._volume_ids.append(input_node.GetID())
-        result = apply_prediction(self.context, input_node, prediction, metadata, reference, crop_index,
-                                  show=False)
-        self.results.append(result)
-        self.worklist.add(result)
+        try:
+            result = apply_prediction(self.context, input_node, prediction, metadata, reference, crop_index,
+                                      show=False)
+            self.results.append(result)
+            self.worklist.add(result)
+        finally:
+            self._added_ids += [node_id for node_id in _node_ids(self.context) if node_id not in before]
         return result
 
     def finish(self) -> Worklist:
@@ -187,18 +194,12 @@ class Batch:
     def rollback(self) -> None:
         """Remove every node this batch added; the worklist forgets its cases."""
         self.worklist.remove_cases(self.results)
-        for result in self.results:
-            remove_result(self.context, result)
-        for node_id in self._volume_ids:
-            node = self.context.node(node_id)
-            if node is not None:
-                self.context.scene.RemoveNode(node)
-        if not self._table_existed and self.context.node(self.worklist.table_id) is not None:
-            self.context.scene.RemoveNode(self.worklist.table_node)
+        remove_nodes(self.context, self._added_ids)
+        if not self._table_existed:
             self.worklist.table_id = None
-        elif self.worklist.cases:
+        elif self.context.node(self.worklist.table_id) is not None:
             self.worklist.refresh()
-        self.results, self._volume_ids = [], []
+        self.results, self._added_ids = [], []
 
 
 def segment_cases(context: SceneContext, predictor: Any, cases: list[CaseInput],
@@ -224,6 +225,10 @@ def segment_cases(context: SceneContext, predictor: Any, cases: list[CaseInput],
         batch.rollback()
         raise
     return batch.finish()
+
+
+def _node_ids(context: SceneContext) -> list[str]:
+    return [context.scene.GetNthNode(i).GetID() for i in range(context.scene.GetNumberOfNodes())]
 
 
 def _case_name(path) -> str:
