@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import SimpleITK as sitk
 import pytest
-from scene_support import blob_image, predictor  # noqa: F401 - predictor is a fixture
-
+import SimpleITK as sitk
 from LayerEnsemblesLib.errors import Cancelled
 from LayerEnsemblesLib.scene import (
     Worklist,
@@ -16,6 +14,7 @@ from LayerEnsemblesLib.scene import (
     segment_cases,
 )
 from LayerEnsemblesLib.scene.worklist import CaseInput
+from scene_support import blob_image, predictor  # noqa: F401 - predictor is a fixture
 
 
 def node_ids(context) -> list[str]:
@@ -31,7 +30,8 @@ def column(table_node, name: str) -> list:
 def volumes_case():
     context = create_scene()
     images = [blob_image(shape=(16, 20, 24), seed=seed) for seed in range(3)]
-    images[1] = sitk.Cast(sitk.ShiftScale(images[1], shift=0.0, scale=-1.0), sitk.sitkFloat32)  # inverted contrast
+    inverted = sitk.ShiftScale(images[1], shift=0.0, scale=-1.0)  # inverted contrast: a different score
+    images[1] = sitk.Cast(inverted, sitk.sitkFloat32)
     volumes = [add_volume_from_image(context.scene, image, f"case {i}") for i, image in enumerate(images)]
     return context, volumes
 
@@ -115,6 +115,7 @@ def test_real_hippocampus_cases(hippocampus_dir, predictor):  # noqa: F811
     scores = [v.ToDouble() for v in column(worklist.table_node, "AULA (normalised)")]
     assert len(scores) == 3 and scores == sorted(scores)
     for case in worklist.cases:
-        reference = sitk.ReadImage(next(p for p in files if p.name.startswith(context.node(case.input_id).GetName())))
+        name = context.node(case.input_id).GetName()
+        reference = sitk.ReadImage(next(p for p in files if p.name.startswith(name)))
         heatmap = context.node(case.heatmap_ids["agreement"])
         assert heatmap.GetImageData().GetDimensions() == reference.GetSize()
