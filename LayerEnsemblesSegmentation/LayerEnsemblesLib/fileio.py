@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,44 @@ def read_image(path: str | Path) -> sitk.Image:
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         return _read_dicom_folder(path)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as error:
         raise InputError(f"{path}: unreadable or truncated image ({_first_itk_line(error)})") from None
+    _check_nifti_complete(path, image)
+    return image
+
+
+def _check_nifti_complete(path: Path, image: sitk.Image) -> None:
+    """ITK reads a truncated NIfTI file without complaint (the missing voxels become zeros): check it.
+
+    NRRD and MetaImage readers already fail on truncated data.
+    """
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    components = image.GetNumberOfComponentsPerPixel()
+    data_bytes = image.GetNumberOfPixels() * components * image.GetSizeOfPixelComponent()
+    needed = data_bytes + 348  # the smallest NIfTI header
+    if name.endswith(".nii"):
+        available = path.stat().st_size
+    else:
+        available = 0
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing
+        with open(path, "rb") as handle:
+            try:
+                while chunk := handle.read(1 << 20):
+                    available += len(decompressor.decompress(chunk))
+                    while decompressor.unconsumed_tail:
+                        available += len(decompressor.decompress(decompressor.unconsumed_tail))
+            except zlib.error as error:
+                raise InputError(f"{path}: corrupt compressed data ({error})") from None
+        if not decompressor.eof:
+            raise InputError(f"{path}: truncated file (the compressed data ends early)")
+    if available < needed:
+        raise InputError(f"{path}: truncated file ({available} bytes of header and data, {needed} expected)")
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -100,4 +135,7 @@ def _first_itk_line(error: Exception) -> str:
     for line in lines:
         if line.lower().startswith("description:"):
             return line.split(":", 1)[1].strip()[:160]
+    for line in lines:  # "ITK ERROR: MetaImageIO(0x...): File cannot be read: ..." (a stale errno follows)
+        if "ITK ERROR:" in line and "): " in line:
+            return line.split("): ", 1)[1].strip()[:160]
     return (lines[-1] if lines else type(error).__name__)[:160]

@@ -57,7 +57,7 @@ def check_anisotropy(image: sitk.Image, source: str, target_spacing: list[float]
     ratio = spacing.max() / spacing.min()
     target_ratio = target.max() / target.min() if target is not None else 1.0
     if ratio > MAX_ANISOTROPY * target_ratio:
-        raise InputError(f"{source}: extreme anisotropy (spacing {tuple(round(s, 3) for s in spacing)} mm, "
+        raise InputError(f"{source}: extreme anisotropy (spacing {tuple(round(float(s), 3) for s in spacing)} mm, "
                          f"ratio {ratio:.1f}); resample it to near-isotropic voxels first")
 
 

@@ -425,10 +425,10 @@ def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, so
 def check_fits_model(image: sitk.Image, metadata: ModelMetadata, source: str, model: str) -> None:
     """The input's dimension and channels against the model's, named in one line."""
     if image.GetDimension() != 3:
-        kind = "a 2D model runs slice by slice on 3D volumes" if metadata.spatial_dims == 2 else "it needs 3D"
+        how = " (a 2D model runs slice by slice on them)" if metadata.spatial_dims == 2 else ""
         raise InputError(
-            f"{source}: a {image.GetDimension()}D image, but the model {Path(model).name} segments "
-            f"3D volumes ({kind})"
+            f"{source}: a {image.GetDimension()}D image, but the model {Path(model).name} segments 3D "
+            f"volumes{how}"
         )
     channels = image.GetNumberOfComponentsPerPixel()
     if channels != metadata.in_channels:
