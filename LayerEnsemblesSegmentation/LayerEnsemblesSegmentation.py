@@ -342,12 +342,15 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
             return
         self.ui.progressBar.value = int(100 * job.progress)
         self.ui.statusLabel.text = job.message
-        if not job.cancelled:
+        if not job.cancelled:  # after a cancel, cases still queued are dropped: nothing more is written
             for finished in job.finished():
-                with slicer.util.tryWithErrorDisplay("Writing the results into the scene failed."):
-                    opacity = self._parameterNode.heatmapOpacity
-                    result = self.logic.session.commit(finished, self._batch, opacity)
-                    self._showResult(result)
+                try:
+                    message = f"Writing {finished.case.name} into the scene failed."
+                    with slicer.util.tryWithErrorDisplay(message):
+                        opacity = self._parameterNode.heatmapOpacity
+                        self._showResult(self.logic.session.commit(finished, self._batch, opacity))
+                except Exception:
+                    logging.exception("LayerEnsembles: could not write %s", finished.case.name)
         if not job.done:
             return
         self._pollTimer.stop()
@@ -359,20 +362,25 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
             if self._batch is not None:
                 self._batch.rollback()
             self.ui.statusLabel.text = "Cancelled: the scene is unchanged."
-        elif job.error is not None:
-            self.ui.statusLabel.text = "Failed: " + runtime.explain_error(job.error)
-            try:
-                with slicer.util.tryWithErrorDisplay("Segmentation failed."):
-                    raise RuntimeError(runtime.explain_error(job.error)) from job.error
-            except RuntimeError:
-                logging.exception("LayerEnsembles segmentation failed")
         else:
-            if self._batch is not None:
+            if self._batch is not None and self._batch.results:  # cases finished before an error are kept
                 self._batch.finish()
                 self.ui.worklistTableView.setMRMLTableNode(self._batch.worklist.table_node)
                 self.ui.worklistCollapsibleButton.collapsed = False
-            warnings = self.logic.session.current.prediction.warnings if self.logic.session.current else []
-            self.ui.statusLabel.text = "Done." + ("".join(f"\n{w}" for w in warnings))
+                first = self.logic.session.show_worklist_row(0, self._parameterNode.heatmapOpacity)
+                if first is not None:
+                    self._showResult(first)
+            if job.error is not None:
+                self.ui.statusLabel.text = "Failed: " + runtime.explain_error(job.error)
+                try:
+                    with slicer.util.tryWithErrorDisplay("Segmentation failed."):
+                        raise RuntimeError(runtime.explain_error(job.error)) from job.error
+                except RuntimeError:
+                    logging.exception("LayerEnsembles segmentation failed")
+            else:
+                current = self.logic.session.current
+                warnings = current.prediction.warnings if current is not None else []
+                self.ui.statusLabel.text = "Done." + "".join(f"\n{w}" for w in warnings)
         self._batch = None
 
     # -- review ----------------------------------------------------------------------------------------
@@ -535,9 +543,9 @@ class LayerEnsemblesSegmentationTest(ScriptedLoadableModuleTest):
 
     def test_SegmentSyntheticVolume(self):
         self.delayDisplay("Segmenting a synthetic volume with a tiny model")
+        if not runtime.torch_available():
+            self.skipTest("PyTorch is not installed (install it with the PyTorch Utils module)")
         logic = LayerEnsemblesSegmentationLogic()
-        if not logic.ensureTorch(askConfirmation=False):
-            self.skipTest("PyTorch is not available")
         modelPath, metadata = self._tinyModel()
         volume = self._syntheticVolume()
         result = logic.session.process(volume, modelPath, device="cpu")
@@ -572,9 +580,9 @@ class LayerEnsemblesSegmentationTest(ScriptedLoadableModuleTest):
 
     def test_CancelLeavesSceneUnchanged(self):
         self.delayDisplay("Cancelling a run")
+        if not runtime.torch_available():
+            self.skipTest("PyTorch is not installed (install it with the PyTorch Utils module)")
         logic = LayerEnsemblesSegmentationLogic()
-        if not logic.ensureTorch(askConfirmation=False):
-            self.skipTest("PyTorch is not available")
         modelPath, _ = self._tinyModel()
         volume = self._syntheticVolume()
         before = slicer.mrmlScene.GetNumberOfNodes()

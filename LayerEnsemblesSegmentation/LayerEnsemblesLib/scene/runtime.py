@@ -19,7 +19,7 @@ HEATMAP_WITH_AGREEMENT = "agreement"
 def torch_available() -> bool:
     try:
         import torch  # noqa: F401
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a broken install (missing DLL, wrong CUDA) counts as missing
         return False
     return True
 
