@@ -76,7 +76,7 @@ def test_nodes_have_the_input_geometry_and_sit_next_to_it(case, predictor):  # n
     assert geometry.GetDimensions() == volume.GetImageData().GetDimensions()
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(context.scene)
     study = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(volume))
-    for node in (segmentation, heatmap):
+    for node in (segmentation, heatmap, context.node(result.table_id), context.node(result.chart_id)):
         assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node)) == study, node.GetName()
 
 

@@ -13,7 +13,7 @@ import slicer
 import vtk
 
 from .bootstrap import SceneContext
-from .segmentation import ROLE_ATTRIBUTE
+from .segmentation import ROLE_ATTRIBUTE, place_next_to
 
 PAIR_INDEX_COLUMN = "pair"
 PAIR_LABEL_COLUMN = "heads"
@@ -62,10 +62,12 @@ def write_agreement_plot(context: SceneContext, input_node, prediction: Any, tab
         table_node = scene.AddNewNodeByClass("vtkMRMLTableNode",
                                              scene.GenerateUniqueName(f"{base} layer agreement"))
         table_node.SetAttribute(ROLE_ATTRIBUTE, "agreement table")
+        place_next_to(context, table_node, input_node)
     if chart_node is None:
         chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode",
                                              scene.GenerateUniqueName(f"{base} layer agreement chart"))
         chart_node.SetAttribute(ROLE_ATTRIBUTE, "agreement chart")
+        place_next_to(context, chart_node, input_node)
     curve_names = _fill_table(table_node, prediction)
 
     existing = {}
