@@ -112,3 +112,27 @@ def test_plain_is_the_deepest_head_of_the_same_archive(tiny_model_file, tmp_path
     x = _input(3)
     with torch.no_grad():
         torch.testing.assert_close(module(x)[-1], original_module(x)[-1])
+
+
+def test_the_engine_runs_every_baseline(member_files, tiny_model_file, tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+    from LayerEnsemblesLib.inference import Predictor
+
+    files = {
+        "deep_ensemble": baselines.export_deep_ensemble(member_files[:2], tmp_path / "de.pt"),
+        "mc_dropout": baselines.export_mc_dropout(
+            _dropout_network(), tmp_path / "mcd.pt", samples=3, metadata=read_metadata(tiny_model_file)
+        ),
+        "plain": baselines.export_plain(tiny_model_file, tmp_path / "plain.pt"),
+    }
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    for kind, path in files.items():
+        prediction = Predictor(path, device="cpu").predict(image, spacing=(1.0, 1.0, 1.0), maps="all")
+        information = sitk.GetArrayFromImage(prediction.maps["mutual_information"])
+        if kind == "plain":
+            assert len(prediction.head_names) == 1 and prediction.head_names == ["final"]
+            assert information.max() < 1e-4  # one network: no disagreement
+        else:
+            assert len(prediction.head_names) == (2 if kind == "deep_ensemble" else 3)
+            assert information.max() > 1e-3  # members (or dropout samples) disagree

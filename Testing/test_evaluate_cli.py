@@ -163,3 +163,33 @@ def test_bad_arguments_give_one_line_errors(evaluation, tmp_path, capsys):
         assert main(["evaluate", *arguments]) == 2, arguments
         stderr = capsys.readouterr().err
         assert message in stderr and stderr.strip().count("\n") == 0
+
+
+def test_resume_completes_missing_rows_only(evaluation, tmp_path):
+    import shutil
+
+    _, out, dataset, *_ = evaluation
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    rows = _rows(copy / "cases.csv")
+    kept = [r for r in rows if not (r["method"] == "DE" and r["case"] == "case_003")]
+    with open(copy / "cases.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    run = json.loads((out / "run.json").read_text())
+    models = [f"{m['name']}={m['path']}" for m in run["methods"]]
+    arguments = ["evaluate", "--dataset", str(dataset), "--cases", f"{out.parent}/split.json:validation",
+                 "--shifts", "noise", "--severities", "3", "--device", "cpu", "--no-progress",
+                 "--no-cost-probe", "--out", str(copy), "--resume"]  # fmt: skip
+    for model in models:
+        arguments += ["--model", model]
+    assert main(arguments) == 0
+    resumed = _rows(copy / "cases.csv")
+    assert len(resumed) == len(rows)
+    before = {(r["method"], r["case"], r["condition"]): r for r in rows}
+    for row in resumed:
+        reference = before[(row["method"], row["case"], row["condition"])]
+        assert float(row["dice_mean"]) == pytest.approx(float(reference["dice_mean"]), abs=1e-6)
+        assert float(row["nll"]) == pytest.approx(float(reference["nll"]), rel=1e-5)
+    assert len(_rows(copy / "heads.csv")) == len(_rows(out / "heads.csv"))

@@ -55,6 +55,21 @@ class Method:
         return self.metadata.kind == "layer_ensemble" and kept >= 2
 
     @property
+    def ensemble_size(self) -> int:
+        """Members averaged per prediction: kept heads, deep-ensemble members or dropout samples."""
+        if self.metadata.kind == "mc_dropout":
+            return self.metadata.samples
+        if self.metadata.kind == "deep_ensemble":
+            return self.metadata.num_heads
+        return self.metadata.num_heads - self.metadata.skip_heads
+
+    @property
+    def map_scores(self) -> tuple[str, ...]:
+        """A single network has an entropy but no disagreement: its MI and variance are 0 by definition
+        (what the maps hold is resampling round-off), so they are not recorded as scores."""
+        return scores.MAP_SCORES if self.ensemble_size > 1 else ("entropy",)
+
+    @property
     def has_head_curve(self) -> bool:
         return self.metadata.kind == "layer_ensemble" and self.metadata.num_heads >= 2 and self.has_aula
 
@@ -160,7 +175,7 @@ def evaluate_prediction(
     with_distances: bool = True,
 ) -> dict[str, Any]:
     row: dict[str, Any] = case_metrics(prediction, label, label_indices, spacing, foreground, with_distances)
-    row.update(scores.image_scores(prediction, with_aula=method.has_aula))
+    row.update(scores.image_scores(prediction, with_aula=method.has_aula, maps=method.map_scores))
     if method.has_aula:
         row["empty_foreground"] = float(bool(prediction.aula.empty_foreground))
         row["accepted"] = float(bool(prediction.accepted))
@@ -269,6 +284,8 @@ def run_evaluation(
     rows = read_csv(cases_path) if resume and cases_path.exists() else []
     head_rows = read_csv(heads_path) if resume and heads_path.exists() else []
     done = {(r["method"], r["case"], r["condition"]) for r in rows}
+    # a head curve belongs to a finished row; any other was written by a run cut short: redo it
+    head_rows = [r for r in head_rows if (r["method"], r["case"], r["condition"]) in done]
     conditions = conditions_for(settings.shifts, settings.severities)
     reference = settings.reference or default_reference(methods)
     if reference not in [m.name for m in methods]:

@@ -82,9 +82,11 @@ def map_scores(maps: Mapping[str, sitk.Image], names: Iterable[str] = MAP_SCORES
     return row
 
 
-def image_scores(prediction: Any, with_aula: bool = True) -> dict[str, float]:
-    """All image-level scores of one prediction from the engine."""
-    row = map_scores(_field(prediction, "maps") or {})
+def image_scores(
+    prediction: Any, with_aula: bool = True, maps: Iterable[str] = MAP_SCORES
+) -> dict[str, float]:
+    """The image-level scores of one prediction from the engine (``maps``: which map scores)."""
+    row = map_scores(_field(prediction, "maps") or {}, maps)
     if with_aula:
         row.update(aula_scores(_field(prediction, "aula")))
     return row
