@@ -6,6 +6,9 @@ padding, softmax, then add to running sums. Only a few full-resolution tensors e
 never one float volume per head; per-head argmax labels are kept as uint8 (one byte per voxel per
 head) because the agreement map and AULA need them.
 
+The agreement map comes from per-class vote counts (uint8, one volume per class) that are updated
+the same way, so its cost does not grow with the number of kept heads.
+
 The sums are kept in fixed point (int32, 2**24 per unit). Integer addition is exact and
 order-independent, so a head range can be reached incrementally from the previous one (add the heads
 that enter, subtract those that leave) and still equal a fresh reduction bit for bit. That is what
@@ -111,11 +114,9 @@ class HeadStream:
         sum_p = self._sums["p"]
         label = _first_argmax(sum_p)  # exact on the integer sums, so ties resolve identically every time
         result: dict[str, torch.Tensor] = {}
-        if "agreement" in maps:
-            agreeing = torch.zeros(label.shape, dtype=torch.uint8, device=label.device)
-            for head in range(first, stop):
-                agreeing += self._labels[head] == label
-            result["agreement"] = agreeing.float() / count
+        if "agreement" in maps:  # votes for the ensemble's own label, read from the per-class vote counts
+            agreeing = self._sums["votes"].gather(0, label.long()[None])[0]
+            result["agreement"] = agreeing.float().div_(count)
         if {"entropy", "mutual_information", "variance"} & set(maps):
             mean = self.mean_probabilities(first, stop)
             if {"entropy", "mutual_information"} & set(maps):
@@ -174,16 +175,29 @@ class HeadStream:
 
     def _accumulate(self, head: int, sign: int) -> None:
         probabilities = self.head_probabilities(head)
-        terms = {"p": probabilities}
+        terms = {}
         if "p2" in self._tracked:
             terms["p2"] = probabilities * probabilities
         if "h" in self._tracked:
             terms["h"] = entropy(probabilities, 0) / math.log(self.num_classes)
+        terms["p"] = probabilities  # last: quantising works in place
         for name, value in terms.items():
             quantised = _quantise(value)
             if name not in self._sums:
                 self._sums[name] = torch.zeros_like(quantised)
             self._sums[name].add_(quantised, alpha=sign)
+        del terms, probabilities
+        if "votes" in self._tracked:  # per class, how many kept heads vote for it (uint8: at most 127 heads)
+            if "votes" not in self._sums:
+                shape = (self.num_classes, *self._labels[head].shape)
+                self._sums["votes"] = torch.zeros(shape, dtype=torch.uint8, device=self.device)
+            votes, label = self._sums["votes"], self._labels[head]
+            for index in range(self.num_classes):
+                vote = (label == index).view(torch.uint8)
+                if sign > 0:
+                    votes[index].add_(vote)
+                else:
+                    votes[index].sub_(vote)
 
     def _pair_confusion(self, head: int) -> torch.Tensor:
         if head not in self._confusions:
@@ -196,6 +210,8 @@ class HeadStream:
 
 def _sums_needed(maps: Sequence[str]) -> frozenset[str]:
     needed = {"p"}
+    if "agreement" in maps:
+        needed.add("votes")
     if "mutual_information" in maps:
         needed.add("h")
     if "variance" in maps:
@@ -204,7 +220,8 @@ def _sums_needed(maps: Sequence[str]) -> frozenset[str]:
 
 
 def _quantise(values: torch.Tensor) -> torch.Tensor:
-    return (values * FIXED_POINT_SCALE).round_().to(torch.int32)
+    """Fixed point, in place on ``values`` (a temporary), to spare a full-resolution allocation."""
+    return values.mul_(FIXED_POINT_SCALE).round_().to(torch.int32)
 
 
 def _first_argmax(values: torch.Tensor) -> torch.Tensor:
