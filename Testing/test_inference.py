@@ -302,13 +302,13 @@ def test_out_of_memory_with_the_smallest_window_on_the_cpu_is_a_clear_error(tmp_
             Predictor(path, device="cpu").predict(image, source="case.nii.gz")
 
 
-def test_memory_budget_shrinks_the_window(tiny_model_file):
-    image = noise_volume(size=(32, 32, 32), seed=9)
-    free = Predictor(tiny_model_file, device="cpu").predict(image)
-    tight = Predictor(tiny_model_file, device="cpu", memory_budget_gb=0.0034).predict(image)
+def test_memory_budget_shrinks_the_window(intensity_model):
+    image, _ = sphere_image(size=(32, 32, 32))
+    free = Predictor(intensity_model, device="cpu").predict(image)
+    tight = Predictor(intensity_model, device="cpu", memory_budget_gb=0.005).predict(image)
     assert free.to_report()["window"]["size_zyx"] == [16, 16, 16]  # the model's patch size
     assert 8**3 <= np.prod(tight.to_report()["window"]["size_zyx"]) < 16**3
-    assert set(np.unique(array_of(tight.segmentation))) <= {0, 1, 2}
+    assert (array_of(tight.segmentation) == array_of(free.segmentation)).all()
 
 
 def test_progress_reports_and_cancel_stops(tiny_predictor):
