@@ -236,7 +236,7 @@ def _first_argmax(values: torch.Tensor) -> torch.Tensor:
     best = torch.maximum(values[0], values[1])
     for k in range(2, values.shape[0]):
         greater = values[k] > best
-        index = torch.where(greater, torch.tensor(k, dtype=torch.uint8, device=values.device), index)
+        index = torch.where(greater, k, index)  # a Python scalar: no host-to-device copy
         best = torch.maximum(best, values[k])
     return index
 
