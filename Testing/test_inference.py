@@ -374,3 +374,18 @@ def test_cuda_matches_cpu(tiny_model_file):
     recombined = on_gpu.recombine(skip_heads=2)
     fresh = Predictor(tiny_model_file, device="cuda").predict(image, skip_heads=2, maps=ALL_MAPS)
     assert (array_of(recombined.segmentation) == array_of(fresh.segmentation)).all()
+
+
+def test_thick_slices_are_fine_for_a_2d_model_but_not_for_a_3d_one(tmp_path, tiny_model_file):
+    from conftest import make_tiny_model
+
+    array = np.random.default_rng(12).normal(size=(5, 24, 24)).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.5, 0.5, 10.0))
+    slicewise = Predictor(
+        make_tiny_model(tmp_path / "native2d.pt", spatial_dims=2, target_spacing=None), device="cpu"
+    )
+    prediction = slicewise.predict(image)
+    assert prediction.segmentation.GetSize() == (24, 24, 5)
+    with pytest.raises(InputError, match="thick.nii.gz: extreme anisotropy"):
+        Predictor(tiny_model_file, device="cpu").predict(image, source="thick.nii.gz")

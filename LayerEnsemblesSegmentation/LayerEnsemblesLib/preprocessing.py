@@ -51,13 +51,18 @@ def check_image(image: sitk.Image, source: str, expected_channels: int = 1) -> N
         raise InputError(f"{source}: constant image (every voxel is {array.flat[0]}); nothing to segment")
 
 
-def check_anisotropy(image: sitk.Image, source: str, target_spacing: list[float] | None) -> None:
-    spacing = np.asarray(image.GetSpacing(), float)
-    target = np.asarray(target_spacing, float) if target_spacing else None
+def check_anisotropy(
+    image: sitk.Image, source: str, target_spacing: list[float] | None, spatial_dims: int = 3
+) -> None:
+    """Refuse voxels far more elongated than the model's own; a 2D model only looks in-plane (x, y)."""
+    axes = 3 if spatial_dims == 3 else 2
+    spacing = np.asarray(image.GetSpacing(), float)[:axes]
+    target = np.asarray(target_spacing, float)[:axes] if target_spacing else None
     ratio = spacing.max() / spacing.min()
     target_ratio = target.max() / target.min() if target is not None else 1.0
     if ratio > MAX_ANISOTROPY * target_ratio:
-        raise InputError(f"{source}: extreme anisotropy (spacing {tuple(round(float(s), 3) for s in spacing)} mm, "
+        shown = tuple(round(float(s), 3) for s in image.GetSpacing())
+        raise InputError(f"{source}: extreme anisotropy (spacing {shown} mm, "
                          f"ratio {ratio:.1f}); resample it to near-isotropic voxels first")
 
 
@@ -122,7 +127,7 @@ def network_divisor(metadata: ModelMetadata) -> list[int]:
 def to_network_space(image: sitk.Image, metadata: ModelMetadata, source: str = "image") -> tuple[np.ndarray, NetworkGeometry]:
     """Map an input image into network space: a float32 array [C, z, y, x] and its geometry."""
     check_image(image, source, metadata.in_channels)
-    check_anisotropy(image, source, metadata.target_spacing)
+    check_anisotropy(image, source, metadata.target_spacing, metadata.spatial_dims)
     image = resample_to_spacing(orient(image, metadata.orientation), metadata.target_spacing, is_label=False)
     array = sitk.GetArrayFromImage(image)
     array = array[None] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array, -1, 0)
