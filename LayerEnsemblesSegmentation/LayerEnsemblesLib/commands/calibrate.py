@@ -135,6 +135,24 @@ def _pairs_from_data(args: argparse.Namespace) -> tuple[list, list, str]:
     return scores, dice, f"{description}: {len(cases)} cases × {len(conditions)} conditions{shifted}"
 
 
+def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
+    """The CSV's scores belong to the model its evaluation ran; say so when that is another file."""
+    run_file = Path(csv_path).parent / "run.json"
+    if not run_file.is_file():
+        return
+    try:
+        methods = json.loads(run_file.read_text(encoding="utf-8")).get("methods", [])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return
+    method = data.rsplit("(method ", 1)[-1].rstrip(")")
+    paths = [m.get("path") for m in methods if m.get("name") == method]
+    if paths and Path(paths[0]).resolve() != Path(model).resolve():
+        print(
+            f"warning: {csv_path} scored {paths[0]}, not {model}; the threshold may not fit this model",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..contract import read_metadata
     from ..evaluation.calibration import choose_threshold, write_threshold
@@ -153,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.from_csv:
         scores, dice, data = _pairs_from_csv(args.from_csv, args.method, args.score, args.metric)
+        _warn_if_other_model(args.from_csv, data, args.model)
     else:
         scores, dice, data = _pairs_from_data(args)
     calibration = choose_threshold(scores, dice, args.target_dice, args.sensitivity, args.score)
