@@ -260,8 +260,9 @@ class Predictor:
             stack.enter_context(torch.inference_mode())
             if metadata.kind == "mc_dropout":
                 stack.enter_context(_dropout_active(module))
-                devices = [volume.device] if volume.device.type == "cuda" else []
-                stack.enter_context(torch.random.fork_rng(devices=devices))
+                on_cuda = volume.device.type == "cuda"
+                devices = [volume.device.index or 0] if on_cuda else []
+                stack.enter_context(torch.random.fork_rng(devices=devices, device_type="cuda"))
                 torch.manual_seed(MC_DROPOUT_SEED)
             return run_windows(
                 forward,
