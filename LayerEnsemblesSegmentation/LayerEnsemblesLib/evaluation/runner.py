@@ -231,7 +231,11 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
     text_columns = {"method", "kind", "case", "condition", "shift", "device"}
     parsed = []
     for row in rows:
-        parsed.append({k: (v if k in text_columns else _number(v)) for k, v in row.items()})
+        values = {k: (v if k in text_columns else _number(v)) for k, v in row.items()}
+        for key in ("severity", "skip_heads", "kept_heads"):  # integers, so a resumed file stays uniform
+            if isinstance(values.get(key), float) and math.isfinite(values[key]):
+                values[key] = int(values[key])
+        parsed.append(values)
     return parsed
 
 
