@@ -22,10 +22,11 @@ def hippocampus_dir() -> Path:
     return HIPPOCAMPUS
 
 
-def make_tiny_model(path: Path, spatial_dims: int = 3, num_classes: int = 3, seed: int = 0, **overrides) -> Path:
+def make_tiny_model(
+    path: Path, spatial_dims: int = 3, num_classes: int = 3, seed: int = 0, **overrides
+) -> Path:
     """Export a small, untrained but real layer-ensemble model (depth 3: 6 heads)."""
     import torch
-
     from LayerEnsemblesLib.contract import ModelMetadata, default_classes, export_model
     from LayerEnsemblesLib.networks import LayerEnsembleUNet
 
@@ -33,10 +34,15 @@ def make_tiny_model(path: Path, spatial_dims: int = 3, num_classes: int = 3, see
     network = LayerEnsembleUNet(spatial_dims, 1, num_classes, depth=3, base_channels=4)
     names = ["background"] + [f"structure{i}" for i in range(1, num_classes)]
     fields = dict(
-        spatial_dims=spatial_dims, in_channels=1, classes=default_classes(names),
-        head_names=network.head_names, head_strides=network.head_strides,
-        patch_size=[16] * spatial_dims, size_divisor=[network.size_divisor] * spatial_dims,
-        target_spacing=[1.0, 1.0, 1.0], name="tiny-test-model",
+        spatial_dims=spatial_dims,
+        in_channels=1,
+        classes=default_classes(names),
+        head_names=network.head_names,
+        head_strides=network.head_strides,
+        patch_size=[16] * spatial_dims,
+        size_divisor=[network.size_divisor] * spatial_dims,
+        target_spacing=[1.0, 1.0, 1.0],
+        name="tiny-test-model",
     )
     fields.update(overrides)
     return export_model(network, ModelMetadata(**fields), path, overwrite=True)

@@ -70,7 +70,9 @@ class AttachedLayerEnsemble(nn.Module):
             channels.append(int(feature.shape[1]))
             stride = probe_shape[2] // feature.shape[2]
             if any(probe_shape[2 + d] != feature.shape[2 + d] * stride for d in range(self.spatial_dims)):
-                raise ValueError(f"layer {name!r} output {tuple(feature.shape)} is not an integer stride of the input")
+                raise ValueError(
+                    f"layer {name!r} output {tuple(feature.shape)} is not an integer stride of the input"
+                )
             strides.append(int(stride))
         self._captured.clear()
         return channels, strides
@@ -78,6 +80,8 @@ class AttachedLayerEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         self._captured.clear()
         self.backbone(x)
-        outputs = [head(self._captured[name]) for name, head in zip(self.layer_names, self.heads)]
+        outputs = [
+            head(self._captured[name]) for name, head in zip(self.layer_names, self.heads, strict=True)
+        ]
         self._captured.clear()
         return outputs

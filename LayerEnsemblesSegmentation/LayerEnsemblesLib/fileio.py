@@ -27,8 +27,9 @@ def _atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool) ->
         raise InputError(f"{path}: already exists (use --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)  # SimpleITK picks the writer from the extension
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}",
-                                         dir=path.parent)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(handle)
     temporary = Path(temporary)
     try:
@@ -49,8 +50,9 @@ def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> P
 
 
 def atomic_write_json(path: str | Path, document: Any, overwrite: bool = False) -> Path:
-    return atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n",
-                             overwrite)
+    return atomic_write_text(
+        path, json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n", overwrite
+    )
 
 
 def atomic_write_image(path: str | Path, image: sitk.Image, overwrite: bool = False) -> Path:
@@ -119,8 +121,10 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     if not series:
         raise InputError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
-        raise InputError(f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series[:3])}...); "
-                         "pass the folder of one series")
+        raise InputError(
+            f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series[:3])}...); "
+            "pass the folder of one series"
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
     try:

@@ -62,7 +62,13 @@ class UpBlock(nn.Module):
     """Transposed-conv upsampling by two, concatenation with the skip, then a ConvBlock."""
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int, norm: str, dropout: float
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        skip_channels: int,
+        out_channels: int,
+        norm: str,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.up = _transposed_conv(spatial_dims)(in_channels, out_channels, 2, stride=2)
@@ -106,8 +112,14 @@ class LayerEnsembleUNet(nn.Module):
         channels = [min(base_channels * 2**level, max_channels) for level in range(depth)]
 
         self.encoder = nn.ModuleList(
-            ConvBlock(spatial_dims, in_channels if level == 0 else channels[level - 1], channels[level],
-                      1 if level == 0 else 2, norm, dropout)
+            ConvBlock(
+                spatial_dims,
+                in_channels if level == 0 else channels[level - 1],
+                channels[level],
+                1 if level == 0 else 2,
+                norm,
+                dropout,
+            )
             for level in range(depth)
         )
         self.decoder = nn.ModuleList(
@@ -121,12 +133,14 @@ class LayerEnsembleUNet(nn.Module):
         self.heads = nn.ModuleList(
             conv(c, num_classes, head_kernel_size, padding=head_kernel_size // 2) for c in head_channels
         )
-        self.head_names = [f"encoder{level}" for level in range(depth)] + [
-            f"decoder{level}" for level in reversed(range(depth - 1))
-        ] + ["final"]
-        self.head_strides = [2**level for level in range(depth)] + [
-            2**level for level in reversed(range(depth - 1))
-        ] + [1]
+        self.head_names = (
+            [f"encoder{level}" for level in range(depth)]
+            + [f"decoder{level}" for level in reversed(range(depth - 1))]
+            + ["final"]
+        )
+        self.head_strides = (
+            [2**level for level in range(depth)] + [2**level for level in reversed(range(depth - 1))] + [1]
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features: list[torch.Tensor] = []

@@ -38,8 +38,10 @@ def check_image(image: sitk.Image, source: str, expected_channels: int = 1) -> N
         raise InputError(f"{source}: a {image.GetDimension()}D image; expected a 3D volume")
     channels = image.GetNumberOfComponentsPerPixel()
     if channels != expected_channels:
-        raise InputError(f"{source}: image has {channels} components per voxel but the model expects "
-                         f"{expected_channels} channel(s)")
+        raise InputError(
+            f"{source}: image has {channels} components per voxel but the model expects "
+            f"{expected_channels} channel(s)"
+        )
     array = sitk.GetArrayViewFromImage(image)
     if array.size == 0:
         raise InputError(f"{source}: empty image")
@@ -62,8 +64,10 @@ def check_anisotropy(
     target_ratio = target.max() / target.min() if target is not None else 1.0
     if ratio > MAX_ANISOTROPY * target_ratio:
         shown = tuple(round(float(s), 3) for s in image.GetSpacing())
-        raise InputError(f"{source}: extreme anisotropy (spacing {shown} mm, "
-                         f"ratio {ratio:.1f}); resample it to near-isotropic voxels first")
+        raise InputError(
+            f"{source}: extreme anisotropy (spacing {shown} mm, "
+            f"ratio {ratio:.1f}); resample it to near-isotropic voxels first"
+        )
 
 
 def orient(image: sitk.Image, orientation: str | None) -> sitk.Image:
@@ -85,8 +89,15 @@ def resample_to_spacing(image: sitk.Image, spacing: list[float] | None, is_label
     shift = direction @ ((new_spacing - old_spacing) / 2.0)
     origin = np.asarray(image.GetOrigin()) + shift
     return sitk.Resample(
-        image, [int(s) for s in new_size], sitk.Transform(), sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear,
-        tuple(origin), tuple(float(s) for s in new_spacing), image.GetDirection(), 0, image.GetPixelID(),
+        image,
+        [int(s) for s in new_size],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear,
+        tuple(origin),
+        tuple(float(s) for s in new_spacing),
+        image.GetDirection(),
+        0,
+        image.GetPixelID(),
     )
 
 
@@ -106,7 +117,9 @@ def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
     return ((array - float(array.mean())) / (std if std > 0 else 1.0)).astype(np.float32)
 
 
-def padding_for(shape: tuple[int, ...], divisor: list[int], minimum: list[int] | None = None) -> list[tuple[int, int]]:
+def padding_for(
+    shape: tuple[int, ...], divisor: list[int], minimum: list[int] | None = None
+) -> list[tuple[int, int]]:
     """Symmetric padding so each axis is a multiple of its divisor (and at least ``minimum``)."""
     pads = []
     for axis, size in enumerate(shape):
@@ -124,7 +137,9 @@ def network_divisor(metadata: ModelMetadata) -> list[int]:
     return [1, *metadata.size_divisor]
 
 
-def to_network_space(image: sitk.Image, metadata: ModelMetadata, source: str = "image") -> tuple[np.ndarray, NetworkGeometry]:
+def to_network_space(
+    image: sitk.Image, metadata: ModelMetadata, source: str = "image"
+) -> tuple[np.ndarray, NetworkGeometry]:
     """Map an input image into network space: a float32 array [C, z, y, x] and its geometry."""
     check_image(image, source, metadata.in_channels)
     check_anisotropy(image, source, metadata.target_spacing, metadata.spatial_dims)
@@ -134,24 +149,33 @@ def to_network_space(image: sitk.Image, metadata: ModelMetadata, source: str = "
     divisor = network_divisor(metadata)
     too_small = [a for a in range(3) if array.shape[1 + a] < divisor[a]]
     if too_small:
-        raise InputError(f"{source}: volume of {array.shape[1:]} voxels (z, y, x) in network space is smaller "
-                         f"than the network's size divisor {divisor}")
+        raise InputError(
+            f"{source}: volume of {array.shape[1:]} voxels (z, y, x) in network space is smaller "
+            f"than the network's size divisor {divisor}"
+        )
     channels = [normalize(c, metadata.normalization) for c in array]
     pads = padding_for(array.shape[1:], divisor)
     padded = np.stack([np.pad(c, pads, mode="constant", constant_values=float(c.min())) for c in channels])
     return padded.astype(np.float32, copy=False), NetworkGeometry(image, pads, padded.shape[1:])
 
 
-def label_to_network_space(label: sitk.Image, geometry: NetworkGeometry, metadata: ModelMetadata) -> np.ndarray:
+def label_to_network_space(
+    label: sitk.Image, geometry: NetworkGeometry, metadata: ModelMetadata
+) -> np.ndarray:
     """The label resampled (nearest neighbour) onto the same network-space grid as its image."""
     label = orient(label, metadata.orientation)
     resampled = sitk.Resample(label, geometry.reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     return np.pad(sitk.GetArrayFromImage(resampled), geometry.padding, mode="constant").astype(np.int64)
 
 
-def to_input_space(array: np.ndarray, geometry: NetworkGeometry, input_image: sitk.Image, is_label: bool) -> sitk.Image:
+def to_input_space(
+    array: np.ndarray, geometry: NetworkGeometry, input_image: sitk.Image, is_label: bool
+) -> sitk.Image:
     """Map a network-space array [z, y, x] back onto ``input_image``'s exact grid."""
-    slices = tuple(slice(before, size - after) for (before, after), size in zip(geometry.padding, array.shape))
+    slices = tuple(
+        slice(before, size - after)
+        for (before, after), size in zip(geometry.padding, array.shape, strict=True)
+    )
     cropped = np.ascontiguousarray(array[slices])
     image = sitk.GetImageFromArray(cropped)
     image.CopyInformation(geometry.reference)
@@ -165,6 +189,9 @@ def to_input_space(array: np.ndarray, geometry: NetworkGeometry, input_image: si
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     """True when two images share size, spacing, origin and direction (to well below a voxel)."""
     spacing = np.asarray(a.GetSpacing(), float)
-    return (a.GetSize() == b.GetSize() and np.allclose(spacing, b.GetSpacing(), rtol=1e-6, atol=0)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4 * spacing.min())
-            and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-6))
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(spacing, b.GetSpacing(), rtol=1e-6, atol=0)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-4 * spacing.min())
+        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-6)
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..contract import ModelMetadata, read_metadata
 
@@ -29,8 +28,12 @@ def describe(metadata: ModelMetadata) -> str:
         f"orientation:    {metadata.orientation or 'as given'}",
         f"normalisation:  {metadata.normalization}",
         f"patch size:     {metadata.patch_size} (z, y, x), size divisor {metadata.size_divisor}",
-        "AULA threshold: " + (f"{metadata.aula_threshold:.3f} (calibrated)" if metadata.aula_threshold is not None
-                              else "not calibrated"),
+        "AULA threshold: "
+        + (
+            f"{metadata.aula_threshold:.3f} (calibrated)"
+            if metadata.aula_threshold is not None
+            else "not calibrated"
+        ),
     ]
     if metadata.kind == "deep_ensemble":
         lines.append(f"members:        {metadata.members}")
