@@ -224,4 +224,11 @@ def _check_archive(path: Path) -> Path:
         if any(n.endswith("/data.pkl") for n in names) and not any(n.endswith("/constants.pkl") for n in names):
             raise InputError(f"{path}: a torch.save checkpoint (zip of pickles), not a TorchScript model; "
                              "export it with `layer-ensembles export`")
+        # torch.jit.load does not verify checksums: a damaged weight would load silently as wrong numbers
+        try:
+            damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as error:
+            raise InputError(f"{path}: truncated or corrupt archive ({error})") from None
+        if damaged is not None:
+            raise InputError(f"{path}: corrupt archive ({damaged} fails its checksum)")
     return path

@@ -176,8 +176,8 @@ def _check_unique_ids(cases: list[CaseFiles], origin: str) -> None:
 
 
 def _label_values(path: Path) -> set[int]:
-    array = sitk.GetArrayViewFromImage(read_image(path))
-    return {int(v) for v in np.unique(array)}
+    image = read_image(path)  # keep the image alive: an array view does not own its memory
+    return {int(v) for v in np.unique(sitk.GetArrayViewFromImage(image))}
 
 
 def read_header(path: Path) -> sitk.ImageFileReader:

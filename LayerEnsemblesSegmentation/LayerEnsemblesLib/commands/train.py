@@ -11,6 +11,16 @@ import os
 from ..errors import InputError
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults that say something (not None, False or a default the help already names)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _spacing(text: str) -> list[float] | str | None:
     if text in ("median", "native"):
         return None if text == "native" else "median"
@@ -44,7 +54,7 @@ def add_parser(subparsers) -> None:
         description="Train a layer-ensemble U-Net. The run folder receives config.json, split.json, log.txt, "
         "metrics.jsonl, best.pt/last.pt and, at the end, the exported model.pt. Works under "
         "`torchrun --nproc_per_node N` for multi-GPU (or multi-process CPU) training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsFormatter,
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help="an MSD-style dataset.json")
@@ -79,8 +89,15 @@ def add_parser(subparsers) -> None:
         help="3D, or 2D trained on axial slices of the same preprocessed volumes",
     )
     net.add_argument("--depth", type=int, default=5, help="encoder blocks; heads = 2 x depth")
-    net.add_argument("--base-channels", type=int, default=16)
-    net.add_argument("--norm", choices=("instance", "batch", "group", "none"), default="instance")
+    net.add_argument(
+        "--base-channels", type=int, default=16, help="channels of the first block (doubling per level)"
+    )
+    net.add_argument(
+        "--norm",
+        choices=("instance", "batch", "group", "none"),
+        default="instance",
+        help="normalisation layers",
+    )
     net.add_argument(
         "--dropout", type=float, default=0.0, help="dropout rate in every block (for MC dropout)"
     )
@@ -114,10 +131,12 @@ def add_parser(subparsers) -> None:
     opt.add_argument("--epochs", type=int, default=None, help="epochs (default 50)")
     opt.add_argument("--batch-size", type=int, default=2, help="patches per step and process")
     opt.add_argument("--iterations", type=int, help="steps per epoch (default: one patch per training case)")
-    opt.add_argument("--lr", type=float, default=1e-3)
-    opt.add_argument("--weight-decay", type=float, default=1e-4)
-    opt.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw")
-    opt.add_argument("--schedule", choices=("cosine", "poly", "constant"), default="cosine")
+    opt.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    opt.add_argument("--weight-decay", type=float, default=1e-4, help="(decoupled, for AdamW)")
+    opt.add_argument("--optimizer", choices=("adamw", "adam"), default="adamw", help="optimiser")
+    opt.add_argument(
+        "--schedule", choices=("cosine", "poly", "constant"), default="cosine", help="decay per step to zero"
+    )
     opt.add_argument(
         "--head-weights",
         default="uniform",
@@ -135,7 +154,9 @@ def add_parser(subparsers) -> None:
     opt.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     opt.add_argument("--flip-axes", type=_ints, help="array axes that may be mirrored (default: all)")
     opt.add_argument("--validate-every", type=int, default=1, help="validate every N epochs")
-    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, initial weights, patches and augmentation"
+    )
 
     run = parser.add_argument_group("execution")
     run.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import InputError
+from .. import devices
 
 
 @dataclass
@@ -35,20 +35,9 @@ class DistributedContext:
 def resolve_device(request: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when present; under torchrun each rank takes the GPU of its local rank."""
     request = (request or "auto").lower()
-    if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
-    if request.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {request}: CUDA is not available on this machine (use --device cpu)")
-        if request == "cuda":
-            request = f"cuda:{local_rank}"
-        index = int(request.split(":", 1)[1])
-        if index >= torch.cuda.device_count():
-            raise InputError(f"--device {request}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return torch.device(request)
-    if request != "cpu":
-        raise InputError(f"--device {request}: expected auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
+    if request in ("auto", "cuda") and torch.cuda.is_available():
+        request = f"cuda:{local_rank}"
+    return devices.resolve_device(request)
 
 
 def setup(device_request: str) -> DistributedContext:

@@ -21,6 +21,7 @@ from ..data import PreparedCase
 from ..networks import upsample_logits
 
 WHOLE_VOLUME_FACTOR = 4  # volumes up to this many patches are run in one pass instead of tiles
+MAX_VALIDATION_VALUES = 300_000_000  # per-head probabilities held at once (1.2 GB of float32)
 
 
 def _window_starts(size: int, window: int) -> list[int]:
@@ -83,6 +84,46 @@ def predict_head_probabilities(
     return probabilities[:, 0]
 
 
+def _head_count(model: nn.Module) -> int:
+    heads = getattr(model, "heads", None)
+    return len(heads) if heads is not None else 10
+
+
+def validation_crop(
+    case: PreparedCase,
+    spatial_dims: int,
+    patch_size: Sequence[int],
+    maps: int,
+    budget: int = MAX_VALIDATION_VALUES,
+) -> PreparedCase:
+    """The case itself, or for volumes too large to hold every head's probabilities, a crop around its
+    foreground: whole multiples of the patch (so the network's size divisor still holds), centred on
+    the foreground's bounding box. Validation Dice on such volumes is then measured inside that crop.
+    """
+    shape = case.label.shape
+    if maps * math.prod(shape) <= budget:
+        return case
+    window = list(patch_size) if spatial_dims == 3 else [1, *patch_size]
+    size = list(shape)
+    while maps * math.prod(size) > budget and any(s > w for s, w in zip(size, window, strict=True)):
+        axis = max((a for a in range(3) if size[a] > window[a]), key=lambda a: size[a] / window[a])
+        size[axis] = max(window[axis], (math.ceil(size[axis] / window[axis]) - 1) * window[axis])
+    points = np.argwhere(case.label > 0)
+    centre = (points.min(0) + points.max(0)) // 2 if len(points) else np.asarray(shape) // 2
+    starts = [int(np.clip(c - n // 2, 0, s - n)) for c, n, s in zip(centre, size, shape, strict=True)]
+    region = tuple(slice(a, a + n) for a, n in zip(starts, size, strict=True))
+    padding = [
+        (max(0, before - a), max(0, (a + n) - (s - after)))
+        for (before, after), a, n, s in zip(case.padding, starts, size, shape, strict=True)
+    ]
+    return PreparedCase(
+        case.case_id,
+        np.ascontiguousarray(case.image[(slice(None), *region)]),
+        np.ascontiguousarray(case.label[region]),
+        padding,
+    )
+
+
 def dice_per_class(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> list[float]:
     scores = []
     for index in range(1, num_classes):
@@ -108,6 +149,7 @@ def validate(
     head_scores, ensemble_scores, skip_scores = [], [], []
     try:
         for case in cases:
+            case = validation_crop(case, spatial_dims, patch_size, len(class_names) * _head_count(model))
             probabilities = predict_head_probabilities(
                 model, case.image, spatial_dims, patch_size, device, amp_dtype
             )
