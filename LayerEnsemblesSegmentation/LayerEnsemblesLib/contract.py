@@ -28,7 +28,13 @@ MODEL_KINDS = ("layer_ensemble", "deep_ensemble", "mc_dropout")
 NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "none")
 HEAD_UPSAMPLING = "linear_align_corners_false"
 DEFAULT_COLORS = [
-    (0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+    (0, 0, 0),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
     (204, 121, 167),
 ]
 
@@ -52,8 +58,9 @@ class ModelMetadata:
     skip_heads: int = 0
     target_spacing: list[float] | None = None
     orientation: str | None = None
-    normalization: dict[str, Any] = field(default_factory=lambda: {"method": "percentile_zscore",
-                                                                   "lower": 0.5, "upper": 99.5})
+    normalization: dict[str, Any] = field(
+        default_factory=lambda: {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5}
+    )
     patch_size: list[int] = field(default_factory=list)
     size_divisor: list[int] = field(default_factory=list)
     aula_threshold: float | None = None
@@ -88,7 +95,9 @@ class ModelMetadata:
             raise InputError(f"{source}: not a layer-ensembles model (format is {document.get('format')!r})")
         version = document.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise InputError(f"{source}: format version {version!r} is newer than this reader ({FORMAT_VERSION})")
+            raise InputError(
+                f"{source}: format version {version!r} is newer than this reader ({FORMAT_VERSION})"
+            )
         try:
             document["classes"] = [ClassInfo(**c) for c in document["classes"]]
             known = {f for f in cls.__dataclass_fields__}
@@ -113,7 +122,9 @@ class ModelMetadata:
         if len(self.head_names) != len(self.head_strides) or not self.head_names:
             problems.append("head_names and head_strides must be non-empty and of equal length")
         if not 0 <= self.skip_heads < max(len(self.head_names), 1):
-            problems.append(f"skip_heads {self.skip_heads} must leave at least one of {len(self.head_names)} heads")
+            problems.append(
+                f"skip_heads {self.skip_heads} must leave at least one of {len(self.head_names)} heads"
+            )
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind {self.kind!r} is not one of {MODEL_KINDS}")
         if self.normalization.get("method") not in NORMALIZATION_METHODS:
@@ -122,7 +133,9 @@ class ModelMetadata:
             value = getattr(self, name)
             if len(value) != self.spatial_dims or any(v < 1 for v in value):
                 problems.append(f"{name} must hold {self.spatial_dims} positive integers")
-        if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
+        if self.target_spacing is not None and (
+            len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
+        ):
             problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
         if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
             problems.append("aula_threshold must be in [0, 1]")
@@ -137,7 +150,10 @@ def default_classes(names: list[str]) -> list[ClassInfo]:
 
 
 def export_model(
-    model: torch.nn.Module, metadata: ModelMetadata, path: str | Path, overwrite: bool = False,
+    model: torch.nn.Module,
+    metadata: ModelMetadata,
+    path: str | Path,
+    overwrite: bool = False,
     check_shape: list[int] | None = None,
 ) -> Path:
     """Script (or, for hooked models, trace) ``model`` and write it with ``metadata`` embedded.
@@ -160,9 +176,11 @@ def export_model(
         expected = model(example)
         actual = scripted(example)
     if len(expected) != len(actual) or len(actual) != metadata.num_heads:
-        raise InputError(f"{path}: the model returns {len(actual)} outputs but the metadata declares "
-                         f"{metadata.num_heads} heads")
-    worst = max(float((a - e).abs().max()) for a, e in zip(actual, expected))
+        raise InputError(
+            f"{path}: the model returns {len(actual)} outputs but the metadata declares "
+            f"{metadata.num_heads} heads"
+        )
+    worst = max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
     if worst > 1e-4:
         raise InputError(f"{path}: exported model differs from the eager model by {worst:.2e}")
     buffer = io.BytesIO()
@@ -177,12 +195,16 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     with zipfile.ZipFile(path) as archive:
         names = [n for n in archive.namelist() if n.endswith(f"extra/{METADATA_FILE}")]
         if not names:
-            raise InputError(f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})")
+            raise InputError(
+                f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})"
+            )
         document = archive.read(names[0])
     return _parse(document, path)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.jit.ScriptModule, ModelMetadata]:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
     """Load a model file as TorchScript (never by unpickling) and return it with its metadata."""
     path = _check_archive(Path(path))
     extra = {METADATA_FILE: ""}
@@ -213,17 +235,25 @@ def _check_archive(path: Path) -> Path:
     with open(path, "rb") as handle:
         magic = handle.read(4)
     if magic[:1] == b"\x80":
-        raise InputError(f"{path}: a pickle file (a checkpoint or state dict), not a TorchScript model; "
-                         "export it with `layer-ensembles export`")
+        raise InputError(
+            f"{path}: a pickle file (a checkpoint or state dict), not a TorchScript model; "
+            "export it with `layer-ensembles export`"
+        )
     if magic != b"PK\x03\x04":
-        raise InputError(f"{path}: not a TorchScript archive (expected a zip file from `layer-ensembles export`)")
+        raise InputError(
+            f"{path}: not a TorchScript archive (expected a zip file from `layer-ensembles export`)"
+        )
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: truncated or corrupt archive")
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-        if any(n.endswith("/data.pkl") for n in names) and not any(n.endswith("/constants.pkl") for n in names):
-            raise InputError(f"{path}: a torch.save checkpoint (zip of pickles), not a TorchScript model; "
-                             "export it with `layer-ensembles export`")
+        if any(n.endswith("/data.pkl") for n in names) and not any(
+            n.endswith("/constants.pkl") for n in names
+        ):
+            raise InputError(
+                f"{path}: a torch.save checkpoint (zip of pickles), not a TorchScript model; "
+                "export it with `layer-ensembles export`"
+            )
         # torch.jit.load does not verify checksums: a damaged weight would load silently as wrong numbers
         try:
             damaged = archive.testzip()
