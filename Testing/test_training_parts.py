@@ -370,3 +370,13 @@ def test_large_validation_volumes_are_cropped_around_the_foreground():
     assert np.array_equal(cropped.label, label[region])
     # the crop ends at the volume's last x voxels, so it keeps their 3 voxels of padding
     assert cropped.padding[2] == (0, 3 if start[2] + cropped.label.shape[2] == 80 else 0)
+
+
+def test_mixed_precision_only_on_cuda():
+    from LayerEnsemblesLib.training.loop import resolve_amp
+
+    for setting in ("auto", "bf16", "fp16", "off"):
+        assert resolve_amp(setting, torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        assert resolve_amp("fp16", torch.device("cuda")) == torch.float16
+        assert resolve_amp("off", torch.device("cuda")) is None

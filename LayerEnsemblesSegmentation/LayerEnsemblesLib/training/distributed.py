@@ -6,6 +6,7 @@ every helper here is a no-op. CPU runs use the gloo backend, CUDA runs nccl with
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -49,7 +50,13 @@ def setup(device_request: str) -> DistributedContext:
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+        # rank 0 validates alone while the others wait at a barrier: allow long validations
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(hours=2),
+        )
         context.initialised = True
     return context
 
