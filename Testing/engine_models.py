@@ -9,6 +9,7 @@ the engine loads a genuine TorchScript archive.
 
 from __future__ import annotations
 
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,15 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
 def write_dicom_series(folder: Path, array: np.ndarray, series_uid: str, spacing=(1.0, 1.0, 2.0)) -> None:
     """Write a (z, y, x) int16 volume as one DICOM series, one file per slice, with the tags readers need."""
     folder.mkdir(parents=True, exist_ok=True)
+    # GDCM's writer switches the whole process to the C locale (ASCII text I/O for every later test)
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, array, series_uid, spacing)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_slices(folder: Path, array: np.ndarray, series_uid: str, spacing) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for index in range(array.shape[0]):
