@@ -162,38 +162,50 @@ def measure_predict(task: dict[str, Any], size: SizeSpec) -> dict[str, Any]:
 
 
 def measure_recombine(task: dict[str, Any], size: SizeSpec) -> dict[str, Any]:
-    """Recombination after one forward pass: kept heads moved by one, by half the heads, and the threshold."""
+    """Recombination after one forward pass, for what a viewer needs at each slider step.
+
+    ``segmentation_step``: kept heads moved by one, segmentation and AULA only; ``agreement_step``: the
+    same plus the agreement map (the CLI's default); ``heads_step``: the same with all four maps;
+    ``heads_jump``: half the heads leave or enter, all maps; ``threshold``: a new threshold only.
+    The session tracks only the sums its maps need, so the first two run before the all-maps ones.
+    """
     from LayerEnsemblesLib.inference import Predictor
 
     image, source = load_input(size)
     predictor = Predictor(task["model"], device=task["device"], window_size=size.window)
     heads = len(predictor.member_names)
-    base = predictor.predict(image, maps=ALL_MAPS, skip_heads=0)
+    base = predictor.predict(image, maps=(), skip_heads=0)
     forward_seconds = base.timings.get("total")
     memory = MemoryProbe(predictor.device)
     memory.start()
     timer = Timer(predictor.device)
     runs = task["warmup"] + task["repeats"]
-    sections: dict[str, list[float]] = {"heads_step": [], "heads_jump": [], "threshold": []}
+    jump = heads // 2
+    sections: dict[str, list[float]] = {
+        name: [] for name in ("segmentation_step", "agreement_step", "heads_step", "heads_jump", "threshold")
+    }
+
+    def timed(name: str, current, index: int, **arguments):
+        with timer:
+            result = current.recombine(**arguments)
+        if index >= task["warmup"]:
+            sections[name].append(timer.seconds)
+        return result
 
     current = base
-    for index in range(runs):  # skip 1, 2, 1, 2, ...: one head leaves or enters each time
-        with timer:
-            current = current.recombine(skip_heads=1 + index % 2)
-        if index >= task["warmup"]:
-            sections["heads_step"].append(timer.seconds)
+    for name, maps in (
+        ("segmentation_step", ()),
+        ("agreement_step", ("agreement",)),
+        ("heads_step", ALL_MAPS),
+    ):
+        current = current.recombine(skip_heads=0, maps=maps)  # untimed: may start the sums afresh
+        for index in range(runs):  # skip 1, 2, 1, 2, ...: one head leaves or enters each time
+            current = timed(name, current, index, skip_heads=1 + index % 2, maps=maps)
     current = current.recombine(skip_heads=0)
-    jump = heads // 2
     for index in range(runs):  # skip jump, 0, jump, 0, ...: half the heads leave or enter
-        with timer:
-            current = current.recombine(skip_heads=jump if index % 2 == 0 else 0)
-        if index >= task["warmup"]:
-            sections["heads_jump"].append(timer.seconds)
+        current = timed("heads_jump", current, index, skip_heads=jump if index % 2 == 0 else 0)
     for index in range(runs):
-        with timer:
-            current = current.recombine(threshold=0.5 + 0.1 * (index % 2))
-        if index >= task["warmup"]:
-            sections["threshold"].append(timer.seconds)
+        current = timed("threshold", current, index, threshold=0.5 + 0.1 * (index % 2))
     result: dict[str, Any] = {name: summarize(values) for name, values in sections.items()}
     result.update(memory.result())
     result.update(

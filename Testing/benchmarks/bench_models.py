@@ -19,6 +19,11 @@ Weights are random: timing does not depend on them. The exported ``patch_size`` 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,3 +170,39 @@ def build_models(spec: NetworkSpec, folder: Path, methods: tuple[str, ...] = MET
                 overwrite=True,
             )
     return paths
+
+
+def build_models_isolated(
+    spec: NetworkSpec, folder: Path, methods: tuple[str, ...] = METHOD_KINDS, timeout: float = 900
+) -> dict[str, Path]:
+    """:func:`build_models` in a fresh process.
+
+    TorchScript keeps compiled types per process; after many scriptings of differently configured
+    instances of the same classes, scripting the dropout network once failed in a long benchmark
+    process (first with an empty message, then "Can't redefine method: forward on class UpBlock"),
+    though it never failed in a fresh one. A child process per export sidesteps that state.
+    """
+    paths = {method: Path(folder) / spec.key / f"{method}.pt" for method in methods}
+    if all(path.is_file() for path in paths.values()):
+        return paths
+    environment = dict(os.environ)
+    package = str(Path(__file__).resolve().parents[2] / "LayerEnsemblesSegmentation")
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package, environment.get("PYTHONPATH")]))
+    request = json.dumps({"spec": dataclasses.asdict(spec), "folder": str(folder), "methods": list(methods)})
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), request],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        check=False,
+    )
+    if completed.returncode != 0:
+        lines = [line for line in completed.stderr.strip().splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else f"model export exited with {completed.returncode}")
+    return paths
+
+
+if __name__ == "__main__":
+    order = json.loads(sys.argv[1])
+    build_models(NetworkSpec(**order["spec"]), Path(order["folder"]), tuple(order["methods"]))

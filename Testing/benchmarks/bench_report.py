@@ -10,6 +10,7 @@ from typing import Any
 
 TARGET_SIZE = "160x192x160"
 RECOMBINE_SIZE = "256x256x160"
+RECOMBINE_KEYS = ("segmentation_step", "agreement_step", "heads_step", "heads_jump", "threshold")
 
 
 def _ok(records: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -39,13 +40,14 @@ def method_ratios(records: list[dict[str, Any]]) -> dict[str, dict[str, float | 
     for size in _sizes(records, "methods"):
         found = {
             m: _ok(records, section="methods", size=size, method=m)
-            for m in ("plain", "plain_same", "le", "de5", "mcd10")
+            for m in ("plain", "plain_same", "le", "le_agreement", "de5", "mcd10")
         }
         time = {m: r["median_s"] if r else None for m, r in found.items()}
         memory = {m: r.get("peak_mb") if r else None for m, r in found.items()}
         result[size] = {
             "le_over_plain": _ratio(time["le"], time["plain"]),
             "le_over_plain_same": _ratio(time["le"], time["plain_same"]),
+            "le_agreement_over_plain": _ratio(time["le_agreement"], time["plain"]),
             "plain_same_over_plain": _ratio(time["plain_same"], time["plain"]),
             "de5_over_le": _ratio(time["de5"], time["le"]),
             "mcd10_over_le": _ratio(time["mcd10"], time["le"]),
@@ -87,17 +89,17 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
     for size in sizes:
         add(memory_name, size, ratios.get(size, {}).get("le_over_plain_memory"), 1.2, False)
     recombine_limit = 0.05 if cuda else 0.5
-    for size in _sizes(records, "recombine") or [RECOMBINE_SIZE]:
-        record = _ok(records, section="recombine", size=size)
-        value = record["heads_step"]["median_s"] if record else None
-        add(
-            f"recombination (heads moved by one) <= {recombine_limit} s",
-            size,
-            value,
-            recombine_limit,
-            False,
-            "s",
-        )
+    variants = (
+        ("heads_step", "4 maps"),
+        ("agreement_step", "agreement map only"),
+        ("segmentation_step", "no map"),
+    )
+    for key, what in variants:
+        for size in _sizes(records, "recombine") or [RECOMBINE_SIZE]:
+            record = _ok(records, section="recombine", size=size)
+            value = record[key]["median_s"] if record and record.get(key) else None
+            name = f"recombination, heads moved by one, {what} <= {recombine_limit} s"
+            add(name, size, value, recombine_limit, False, "s")
     return rows
 
 
@@ -155,14 +157,29 @@ METHOD_NAMES = {
     "plain": "plain (final head only)",
     "plain_same": "plain, LE archive (all heads run, final reduced)",
     "le": "**Layer Ensemble** (all heads, seg + 4 maps + AULA)",
+    "le_agreement": "Layer Ensemble, agreement map only (CLI default)",
     "de5": "Deep Ensemble M=5",
     "mcd10": "MC dropout T=10",
 }
 
 
+METHOD_ORDER = ("plain", "plain_same", "le", "le_agreement", "de5", "mcd10", "recombine", "cli")
+
+
+def ordered(records: list[dict[str, Any]], sizes: list[str]) -> list[dict[str, Any]]:
+    """Records by size (the run's order), then method; measurement order follows priority, not this."""
+
+    def key(record: dict[str, Any]) -> tuple:
+        size = sizes.index(record["size"]) if record["size"] in sizes else len(sizes)
+        method = METHOD_ORDER.index(record["method"]) if record["method"] in METHOD_ORDER else 99
+        return (size, record.get("network", ""), method)
+
+    return sorted(records, key=key)
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     meta = document["meta"]
-    records = document["measurements"]
+    records = ordered(document["measurements"], meta.get("sizes", []))
     summary = document.get("summary") or summarize_document(document)
     device = meta["device"]
     lines = [f"# Benchmark: {device.get('device_name', device.get('device'))} ({device.get('device')})", ""]
@@ -263,13 +280,14 @@ def render_markdown(document: dict[str, Any]) -> str:
 
     lines += ["## Ratios (within this run)", ""]
     rows = []
-    for size, ratio in summary["ratios"].items():
+    for size, ratio in sorted(summary["ratios"].items(), key=lambda item: _position(records, item[0])):
         rows.append(
             [
                 _label(records, size),
                 _s(ratio["le_over_plain"]),
                 _s(ratio["le_over_plain_same"]),
                 _s(ratio["plain_same_over_plain"]),
+                _s(ratio.get("le_agreement_over_plain")),
                 _s(ratio["de5_over_le"]),
                 _s(ratio["mcd10_over_le"]),
                 _s(ratio["le_over_plain_memory"]),
@@ -282,6 +300,7 @@ def render_markdown(document: dict[str, Any]) -> str:
             "LE / plain",
             "LE / plain (same archive)",
             "plain (same archive) / plain",
+            "LE agreement-only / plain",
             "DE5 / LE",
             "MCD10 / LE",
             "LE / plain memory",
@@ -302,9 +321,10 @@ def render_markdown(document: dict[str, Any]) -> str:
     lines += [
         "## Recombination (no new forward pass)",
         "",
-        "`heads ±1`: the kept range moves by one head (a slider step: skip 1, 2, 1, ...); `heads jump`: "
-        "half the heads leave or enter; `threshold`: only the decision changes. Each includes mapping the "
-        "segmentation and the four maps back to the input grid.",
+        "A slider step moves the kept range by one head (skip 1, 2, 1, ...): `segmentation` recomputes the "
+        "segmentation and AULA, `+ agreement` also the agreement map, `+ 4 maps` all four maps; `jump`: half "
+        "the heads leave or enter (4 maps); `threshold`: only the decision changes. Each includes mapping "
+        "the volumes back to the input grid. Median (n).",
         "",
     ]
     rows = []
@@ -316,32 +336,27 @@ def render_markdown(document: dict[str, Any]) -> str:
                 [
                     record.get("size_label", record["size"]),
                     record["status"],
-                    "–",
-                    "–",
-                    "–",
-                    "–",
+                    *["–"] * 6,
                     record.get("reason", ""),
                 ]
             )
             continue
         cells = []
-        for key in ("heads_step", "heads_jump", "threshold"):
-            part = record[key]
-            cells.append(
-                f"{_ms_or_s(part['median_s'])} ({_ms_or_s(part['min_s'])}–{_ms_or_s(part['max_s'])}, "
-                f"n={part['repeats']})"
-            )
+        for key in RECOMBINE_KEYS:
+            part = record.get(key)
+            cells.append("–" if not part else f"{_ms_or_s(part['median_s'])} (n={part['repeats']})")
         rows.append(
             [
                 record.get("size_label", record["size"]),
                 f"{record['heads']} heads",
                 *cells,
                 _s(record.get("peak_mb"), 1),
-                f"{record['network']}; first prediction "
-                f"{_ms_or_s(record.get('first_prediction_s'))}; {record.get('note', '')}",
+                f"{record['network']}; first prediction {_ms_or_s(record.get('first_prediction_s'))}; "
+                f"{record.get('note', '')}",
             ]
         )
-    lines += _table(["size", "heads", "heads ±1", "heads jump", "threshold", "peak MB", "notes"], rows)
+    header = ["size", "heads", "segmentation", "+ agreement", "+ 4 maps", "jump (4 maps)", "threshold"]
+    lines += _table([*header, "peak MB", "notes"], rows)
 
     lines += ["## End-to-end CLI (`layer-ensembles segment`, one process per run)", ""]
     rows = []
@@ -476,6 +491,10 @@ def render_markdown(document: dict[str, Any]) -> str:
         ]
         lines.append("")
     return "\n".join(lines)
+
+
+def _position(records: list[dict[str, Any]], size: str) -> int:
+    return next((i for i, r in enumerate(records) if r["size"] == size), len(records))
 
 
 def _load(values: list[float] | None) -> str:

@@ -56,13 +56,27 @@ from bench_measure import (  # noqa: E402
     run_isolated,
     worker_main,
 )
-from bench_models import DE_MEMBERS, MC_SAMPLES, NetworkSpec, build_models  # noqa: E402
+from bench_models import DE_MEMBERS, MC_SAMPLES, NetworkSpec, build_models_isolated  # noqa: E402
 from bench_report import render_markdown, summarize_document  # noqa: E402
 
-PREDICT_METHODS = ("plain", "plain_same", "le", "de5", "mcd10")
-ALL_METHODS = ("plain", "plain_same", "le", "recombine", "cli", "de5", "mcd10")
-PASSES = {"plain": 1, "plain_same": 1, "le": 1, "de5": DE_MEMBERS, "mcd10": MC_SAMPLES}
-PREDICT_MAPS = {"plain": (), "plain_same": (), "le": ALL_MAPS, "de5": ALL_MAPS, "mcd10": ALL_MAPS}
+PREDICT_METHODS = ("plain", "plain_same", "le", "le_agreement", "de5", "mcd10")
+ALL_METHODS = ("plain", "plain_same", "le", "le_agreement", "recombine", "cli", "de5", "mcd10")
+PASSES = {"plain": 1, "plain_same": 1, "le": 1, "le_agreement": 1, "de5": DE_MEMBERS, "mcd10": MC_SAMPLES}
+PREDICT_MAPS = {
+    "plain": (),
+    "plain_same": (),
+    "le": ALL_MAPS,
+    "le_agreement": ("agreement",),  # the CLI's default output
+    "de5": ALL_MAPS,
+    "mcd10": ALL_MAPS,
+}
+MODEL_FILE = {"le_agreement": "le", "recombine": "le", "cli": "le"}  # methods that reuse another's archive
+# plain, LE and recombination first; the baselines and the CLI next; the rest if time remains
+PRIORITY_TIERS = (
+    ("plain", "le", "recombine"),
+    ("cli", "de5", "mcd10"),
+    ("plain_same", "le_agreement", "heads"),
+)
 CLI_STARTUP_S = 5.0  # interpreter, torch import and model load, added to a CLI run's estimate
 
 
@@ -214,6 +228,7 @@ class BenchmarkRun:
             "cpu_count": os.cpu_count(),
             "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "git_commit": _git_commit(),
+            "sizes": [size.name for size in settings["sizes"]],
             "network": settings["network"].describe(),
             "recombine_network": settings["recombine_spec"].describe(),
             "repeats": settings["repeats"],
@@ -358,13 +373,11 @@ class BenchmarkRun:
         if note:
             entry["note"] = note
         try:
-            models = build_models(
-                spec, self.models_folder, (method,) if method in PREDICT_METHODS else ("le",)
-            )
+            archive = MODEL_FILE.get(method, method)
+            model = build_models_isolated(spec, self.models_folder, (archive,))[archive]
         except Exception as error:  # noqa: BLE001
             self.record({**entry, "status": "failed", "reason": f"model export: {error}"})
             return
-        model = models[method if method in PREDICT_METHODS else "le"]
         if method == "cli":
             try:
                 result = measure_cli(
@@ -400,28 +413,28 @@ class BenchmarkRun:
         self.record(entry)
 
     def run(self) -> int:
+        """Measure in priority tiers, so that a tight budget drops the least important measurements."""
         settings = self.settings
         settings["work"].mkdir(parents=True, exist_ok=True)
         methods = settings["methods"]
-        for size in settings["sizes"]:
-            spec = dataclasses.replace(settings["network"], spatial_dims=size.spatial_dims)
-            for method in ALL_METHODS:
-                if method not in methods:
-                    continue
-                if method == "recombine":
-                    light = dataclasses.replace(settings["recombine_spec"], spatial_dims=size.spatial_dims)
-                    self.measure("recombine", size, method, light)
-                elif method == "cli":
-                    self.measure("cli", size, method, spec)
-                else:
-                    self.measure("methods", size, method, spec)
-        if "heads" in methods:
-            edge = settings["heads_size"]
-            cube = SizeSpec(f"cube{edge}", f"3D {edge}³", (edge, edge, edge), WINDOW_3D)
-            for depth in settings["depths"]:
-                spec = dataclasses.replace(settings["network"], depth=depth)
-                for method in ("plain", "le"):
-                    self.measure("heads", cube, method, spec)
+        for tier in PRIORITY_TIERS:
+            for size in settings["sizes"]:
+                spec = dataclasses.replace(settings["network"], spatial_dims=size.spatial_dims)
+                for method in (m for m in tier if m in methods and m != "heads"):
+                    if method == "recombine":
+                        light = dataclasses.replace(
+                            settings["recombine_spec"], spatial_dims=size.spatial_dims
+                        )
+                        self.measure("recombine", size, method, light)
+                    else:
+                        self.measure("cli" if method == "cli" else "methods", size, method, spec)
+            if "heads" in tier and "heads" in methods:
+                edge = settings["heads_size"]
+                cube = SizeSpec(f"cube{edge}", f"3D {edge}³", (edge, edge, edge), WINDOW_3D)
+                for depth in settings["depths"]:
+                    spec = dataclasses.replace(settings["network"], depth=depth)
+                    for method in ("plain", "le"):
+                        self.measure("heads", cube, method, spec)
         self.write()
         failed = [r for r in self.records if r["status"] == "failed"]
         print(
@@ -479,7 +492,7 @@ def profile(settings: dict[str, Any], names: str) -> int:
             raise SystemExit(f"unknown size {name!r}; choose from {', '.join(sizes)}")
         size = sizes[name]
         spec = dataclasses.replace(settings["recombine_spec"], spatial_dims=size.spatial_dims)
-        model = build_models(spec, settings["work"] / f"models-{code_digest()}", ("le",))["le"]
+        model = build_models_isolated(spec, settings["work"] / f"models-{code_digest()}", ("le",))["le"]
         path = profile_size(model, size, str(settings["device"]), settings["out"], spec.describe())
         print(f"profile: {path}")
     return 0
