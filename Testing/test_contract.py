@@ -282,3 +282,18 @@ def test_info_command_prints_metadata_and_refuses_a_checkpoint(tmp_path, exporte
     )
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and str(checkpoint) in refused.stderr
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from LayerEnsemblesLib.fileio import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -34,11 +34,19 @@ def _atomic_write(path: Path, write: Callable[[Path], None], overwrite: bool) ->
     temporary = Path(temporary)
     try:
         write(temporary)
+        # mkstemp creates owner-only files; outputs get the permissions a plain open() would give
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
