@@ -101,7 +101,7 @@ def _network(spec: NetworkSpec, seed: int, dropout: float = 0.0, plain: bool = F
 
 
 def _metadata(spec: NetworkSpec, network: LayerEnsembleUNet, plain: bool, name: str) -> ModelMetadata:
-    check = max(32, spec.divisor)
+    check = max(32, 2 * spec.divisor)  # the bottleneck needs more than one voxel for instance norm
     return ModelMetadata(
         spatial_dims=spec.spatial_dims,
         in_channels=1,
