@@ -372,8 +372,16 @@ class BenchmarkRun:
             return
         if note:
             entry["note"] = note
+        archive = MODEL_FILE.get(method, method)
+        if section == "methods":  # one export process for all of a network's archives (each costs an import)
+            wanted = {MODEL_FILE.get(m, m) for m in settings["methods"] if m in PREDICT_METHODS} | {"le"}
+        else:
+            wanted = {archive, "plain"} if section == "heads" else {archive}
         try:
-            archive = MODEL_FILE.get(method, method)
+            build_models_isolated(spec, self.models_folder, tuple(sorted(wanted)))
+        except Exception:  # noqa: BLE001 - retried one archive at a time below, which names the culprit
+            pass
+        try:
             model = build_models_isolated(spec, self.models_folder, (archive,))[archive]
         except Exception as error:  # noqa: BLE001
             self.record({**entry, "status": "failed", "reason": f"model export: {error}"})
