@@ -297,3 +297,14 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path):
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_first_line_skips_blank_lines_of_torchscript_errors():
+    from LayerEnsemblesLib.errors import first_line
+
+    assert (
+        first_line(RuntimeError("\n\nCan't redefine method: forward\nmore"))
+        == "Can't redefine method: forward"
+    )
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(ValueError("x" * 500)) == "x" * 160

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .fileio import atomic_write_bytes
 
 METADATA_FILE = "layer_ensembles.json"
@@ -211,8 +211,9 @@ def load_model(
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: corrupt or unsupported TorchScript archive ({first_line[:160]})") from None
+        raise InputError(
+            f"{path}: corrupt or unsupported TorchScript archive ({first_line(error)})"
+        ) from None
     if not extra[METADATA_FILE]:
         raise InputError(f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})")
     metadata = _parse(extra[METADATA_FILE], path)

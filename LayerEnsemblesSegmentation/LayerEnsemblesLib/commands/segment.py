@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..fileio import atomic_write_image, atomic_write_json, atomic_write_text, read_image
 
 KNOWN_SUFFIXES = (
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failures += 1
             progress.error(
-                f"{path}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+                f"{path}: {type(error).__name__}: {first_line(error)}"
             )
             rows.append(
                 {

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..contract import ModelMetadata, export_model, load_model
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .archive import rewrite_metadata
 
 # metadata fields that must agree between ensemble members (the preprocessing and the label space)
@@ -221,7 +221,7 @@ def export_mc_dropout(
         torch.jit.script(sampler)
     except Exception as error:
         raise InputError(
-            f"{path}: the dropout network cannot be scripted ({str(error).splitlines()[0][:160]}); "
+            f"{path}: the dropout network cannot be scripted ({first_line(error)}); "
             "a traced archive would lose its dropout"
         ) from None
     provenance = {

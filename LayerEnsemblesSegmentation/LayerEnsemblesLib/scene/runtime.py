@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 HEATMAP_WITH_AGREEMENT = "agreement"
 
@@ -115,7 +115,7 @@ class PredictorCache:
 
 def explain_error(error: BaseException) -> str:
     """One line that says what failed and what to do about it."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = first_line(error, limit=10_000)
     lowered = text.lower()
     if isinstance(error, InputError):
         return text

@@ -15,7 +15,7 @@ import torch
 
 from .. import __version__
 from ..contract import DEFAULT_COLORS, ClassInfo, ModelMetadata, export_model
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..networks import LayerEnsembleUNet
 from .checkpointing import load_checkpoint
 from .config import TrainConfig
@@ -98,7 +98,7 @@ def export_run(
     except RuntimeError as error:
         raise InputError(
             f"{run_dir / f'{checkpoint}.pt'}: weights do not fit the run's network "
-            f"({str(error).splitlines()[0][:160]})"
+            f"({first_line(error)})"
         ) from None
     metadata = build_metadata(config, data, network)
     if skip_heads is not None:
