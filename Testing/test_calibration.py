@@ -126,8 +126,7 @@ def test_calibrate_cli_from_an_evaluation_csv(tiny_model_file, tmp_path):
         for index, (score, dice) in enumerate(zip(SCORES, DICE, strict=True)):
             writer.writerow(["LE", "layer_ensemble", f"case{index}", "clean", score, dice])
             writer.writerow(["DE", "deep_ensemble", f"case{index}", "clean", "", dice])
-    out = tmp_path / "calibrated.pt"
-    completed = _cli(
+    common = [
         "--model",
         str(tiny_model_file),
         "--from-csv",
@@ -136,36 +135,15 @@ def test_calibrate_cli_from_an_evaluation_csv(tiny_model_file, tmp_path):
         "0.8",
         "--sensitivity",
         "0.75",
-        "--out",
-        str(out),
-    )
+    ]
+    out = tmp_path / "calibrated.pt"
+    completed = _cli(*common, "--out", str(out))
     assert completed.returncode == 0, completed.stderr
     assert "AULA threshold 0.7500" in completed.stdout and "specificity 1.000" in completed.stdout
     assert read_metadata(out).aula_threshold == pytest.approx(0.75)
-    refused = _cli(
-        "--model",
-        str(tiny_model_file),
-        "--from-csv",
-        str(path),
-        "--target-dice",
-        "0.8",
-        "--sensitivity",
-        "0.75",
-        "--in-place",
-    )
+    refused = _cli(*common, "--in-place")
     assert refused.returncode == 2 and "add --overwrite" in refused.stderr
-    again = _cli(
-        "--model",
-        str(tiny_model_file),
-        "--from-csv",
-        str(path),
-        "--target-dice",
-        "0.8",
-        "--sensitivity",
-        "0.75",
-        "--out",
-        str(out),
-    )
+    again = _cli(*common, "--out", str(out))
     assert again.returncode == 2 and "already exists" in again.stderr
 
 
