@@ -43,7 +43,7 @@ def _split(run: Path) -> dict:
 
 
 def train_baseline(base: TrainConfig, out: Path, seed: int, split_seed: int, dropout: float, name: str,
-                   epochs: int | None, device: str | None) -> Path:
+                   epochs: int | None, device: str | None, threads: int | None = None) -> Path:
     """Train one plain network like the layer ensemble (same split); reuse a finished run."""
     model = out / "model.pt"
     if model.is_file():
@@ -51,7 +51,9 @@ def train_baseline(base: TrainConfig, out: Path, seed: int, split_seed: int, dro
         return model
     config = dataclasses.replace(
         base, out=str(out), seed=seed, split_seed=split_seed, head_weights="last", dropout=dropout, name=name,
-        epochs=epochs or base.epochs, device=device or base.device,
+        epochs=epochs or base.epochs, device=device or base.device, threads=threads or base.threads,
+        # only the deepest head is trained, so it alone must choose the best checkpoint
+        skip_heads=2 * base.depth - 1,
     )  # fmt: skip
     print(f"training {name} into {out}", flush=True)
     train(config, overwrite=True)

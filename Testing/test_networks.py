@@ -92,3 +92,46 @@ def test_upsample_logits_is_linear_with_half_pixel_centres():
     assert torch.allclose(result, torch.tensor([[[[0.0, 0.5, 1.5, 2.0]]]]))
     volume = torch.randn(2, 3, 2, 3, 4)
     assert upsample_logits(volume, [4, 6, 8]).shape == (2, 3, 4, 6, 8)
+
+
+def _block_outputs(network: LayerEnsembleUNet, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's output, shallow to deep, computed step by step outside ``forward``."""
+    features, skips = [], []
+    for block in network.encoder:
+        x = block(x)
+        features.append(x)
+        skips.append(x)
+    for up, skip in zip(network.decoder, reversed(skips[:-1]), strict=True):
+        x = up(x, skip)
+        features.append(x)
+    features.append(network.final_block(x))
+    return features
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_each_head_reads_its_own_block_eager_and_scripted(spatial_dims):
+    torch.manual_seed(0)
+    network = LayerEnsembleUNet(spatial_dims, 1, 3, depth=4, base_channels=4).eval()
+    x = torch.randn(1, 1, *[16] * spatial_dims)
+    with torch.no_grad():
+        expected = [head(f) for head, f in zip(network.heads, _block_outputs(network, x), strict=True)]
+        for outputs in (network(x), torch.jit.script(network)(x)):
+            assert len(outputs) == len(expected) == 8
+            for output, reference in zip(outputs, expected, strict=True):
+                assert torch.allclose(output, reference, atol=1e-6)
+
+
+def test_checkpoints_with_one_flat_head_list_still_load():
+    """Before the heads were split by stage, the state dict named them ``heads.0`` .. ``heads.{2D-1}``."""
+    torch.manual_seed(0)
+    source = LayerEnsembleUNet(3, 1, 3, depth=3, base_channels=4).eval()
+    flat = {k: v for k, v in source.state_dict().items() if "_head" not in k}
+    for index, head in enumerate(source.heads):
+        flat.update({f"heads.{index}.{name}": value for name, value in head.state_dict().items()})
+    assert len(flat) == len(source.state_dict())
+    torch.manual_seed(1)
+    target = LayerEnsembleUNet(3, 1, 3, depth=3, base_channels=4).eval()
+    target.load_state_dict(flat)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(source(x), target(x), strict=True))

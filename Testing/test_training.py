@@ -179,8 +179,8 @@ def test_plain_network_baseline_trains_the_last_head_only(blob_dataset, tmp_path
         factor = float((after * before).sum() / (before * before).sum())
         return 0.99 < factor <= 1 and torch.allclose(after, factor * before, atol=1e-7)
 
-    assert scale_only("heads.0.weight") and scale_only("heads.4.weight")
-    assert not scale_only("heads.5.weight")
+    assert scale_only("encoder_heads.0.weight") and scale_only("decoder_heads.1.weight")
+    assert not scale_only("final_head.weight")
 
 
 def test_all_train_cases_no_validation_still_exports(blob_dataset, tmp_path):

@@ -128,11 +128,17 @@ class LayerEnsembleUNet(nn.Module):
         )
         self.final_block = ConvBlock(spatial_dims, channels[0], channels[0], 1, norm, dropout)
 
-        head_channels = channels + [channels[level] for level in reversed(range(depth - 1))] + [channels[0]]
         conv = _conv(spatial_dims)
-        self.heads = nn.ModuleList(
-            conv(c, num_classes, head_kernel_size, padding=head_kernel_size // 2) for c in head_channels
-        )
+
+        def head(in_channels: int) -> nn.Module:
+            return conv(in_channels, num_classes, head_kernel_size, padding=head_kernel_size // 2)
+
+        # Three containers in forward order, so that forward can apply every head right after its block
+        # (TorchScript unrolls a zip of module lists but cannot index one with a loop variable).
+        self.encoder_heads = nn.ModuleList(head(channels[level]) for level in range(depth))
+        self.decoder_heads = nn.ModuleList(head(channels[level]) for level in reversed(range(depth - 1)))
+        self.final_head = head(channels[0])
+        self._register_load_state_dict_pre_hook(_rename_flat_head_keys)
         self.head_names = (
             [f"encoder{level}" for level in range(depth)]
             + [f"decoder{level}" for level in reversed(range(depth - 1))]
@@ -142,23 +148,48 @@ class LayerEnsembleUNet(nn.Module):
             [2**level for level in range(depth)] + [2**level for level in reversed(range(depth - 1))] + [1]
         )
 
+    __jit_unused_properties__ = ["heads"]
+
+    @property
+    def heads(self) -> list[nn.Module]:
+        """Every head, shallow to deep (the order of the outputs)."""
+        return [*self.encoder_heads, *self.decoder_heads, self.final_head]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features: list[torch.Tensor] = []
-        skips: list[torch.Tensor] = []
-        for block in self.encoder:
-            x = block(x)
-            skips.append(x)
-            features.append(x)
-        skip_index = len(skips) - 2
-        for up in self.decoder:
-            x = up(x, skips[skip_index])
-            skip_index -= 1
-            features.append(x)
-        features.append(self.final_block(x))
+        # Each head runs as soon as its block has, and each skip is dropped once the decoder has used
+        # it, so no block output outlives its use: the network holds no more feature maps than a plain
+        # U-Net does, which keeps the layer ensemble's peak memory close to a plain forward's.
         outputs: list[torch.Tensor] = []
-        for index, head in enumerate(self.heads):
-            outputs.append(head(features[index]))
+        skips: list[torch.Tensor] = []
+        for block, head in zip(self.encoder, self.encoder_heads):  # noqa: B905 - TorchScript has no strict=
+            x = block(x)
+            outputs.append(head(x))
+            skips.append(x)
+        skips.pop()  # the bottleneck is x itself
+        for up, head in zip(self.decoder, self.decoder_heads):  # noqa: B905
+            x = up(x, skips.pop())
+            outputs.append(head(x))
+        outputs.append(self.final_head(self.final_block(x)))
         return outputs
+
+
+def _rename_flat_head_keys(state_dict: dict, prefix: str, *args) -> None:
+    """Read checkpoints written before the heads were split by stage (one ``heads`` list, in order)."""
+    flat = prefix + "heads."
+    indices = {int(key[len(flat) :].split(".", 1)[0]) for key in state_dict if key.startswith(flat)}
+    if not indices:
+        return
+    depth = (max(indices) + 1) // 2
+    for key in [key for key in state_dict if key.startswith(flat)]:
+        index, rest = key[len(flat) :].split(".", 1)
+        index = int(index)
+        if index < depth:
+            name = f"encoder_heads.{index}.{rest}"
+        elif index < 2 * depth - 1:
+            name = f"decoder_heads.{index - depth}.{rest}"
+        else:
+            name = f"final_head.{rest}"
+        state_dict[prefix + name] = state_dict.pop(key)
 
 
 def upsample_logits(logits: torch.Tensor, size: list[int]) -> torch.Tensor:
@@ -171,6 +202,22 @@ def upsample_logits(logits: torch.Tensor, size: list[int]) -> torch.Tensor:
         return logits
     mode = "trilinear" if logits.dim() == 5 else "bilinear"
     return F.interpolate(logits, size=size, mode=mode, align_corners=False)
+
+
+def upsample_logits_into(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """:func:`upsample_logits` written into ``out`` (shape [B, K, *size]); the same values bit for bit.
+
+    The engine upsamples one head after another at full resolution. Writing into one reused buffer
+    avoids a fresh full-resolution allocation per head, whose page faults cost as much as the
+    interpolation itself on the CPU. ``F.interpolate`` has no ``out=``, so this calls the ATen
+    kernel it dispatches to.
+    """
+    size = list(out.shape[2:])
+    if list(logits.shape[2:]) == size:
+        return out.copy_(logits)
+    if logits.dim() == 5:
+        return torch.ops.aten.upsample_trilinear3d.out(logits, size, False, None, None, None, out=out)
+    return torch.ops.aten.upsample_bilinear2d.out(logits, size, False, None, None, out=out)
 
 
 def count_parameters(module: nn.Module) -> int:

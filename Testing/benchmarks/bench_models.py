@@ -72,18 +72,16 @@ class FinalHeadUNet(LayerEnsembleUNet):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.final_head = self.heads[len(self.heads) - 1]
-        del self.heads
+        del self.encoder_heads, self.decoder_heads
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         skips: list[torch.Tensor] = []
         for block in self.encoder:
             x = block(x)
             skips.append(x)
-        skip_index = len(skips) - 2
+        skips.pop()
         for up in self.decoder:
-            x = up(x, skips[skip_index])
-            skip_index -= 1
+            x = up(x, skips.pop())
         return [self.final_head(self.final_block(x))]
 
 
@@ -120,13 +118,8 @@ def _metadata(spec: NetworkSpec, network: LayerEnsembleUNet, plain: bool, name: 
 def _plain_copy(spec: NetworkSpec, layer_ensemble: LayerEnsembleUNet) -> FinalHeadUNet:
     """The plain network carrying the layer ensemble's weights (final head included)."""
     plain = _network(spec, 0, plain=True)
-    final = f"heads.{spec.heads - 1}."
-    state = {}
-    for key, value in layer_ensemble.state_dict().items():
-        if key.startswith(final):
-            state["final_head." + key[len(final) :]] = value
-        elif not key.startswith("heads."):
-            state[key] = value
+    extra_heads = ("encoder_heads.", "decoder_heads.")
+    state = {k: v for k, v in layer_ensemble.state_dict().items() if not k.startswith(extra_heads)}
     plain.load_state_dict(state)
     return plain
 

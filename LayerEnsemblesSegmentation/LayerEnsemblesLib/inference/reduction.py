@@ -16,11 +16,16 @@ makes recombination fast enough for the Slicer module's live sliders on a CPU: m
 one head costs one head, not all of them. 2**-24 is float32's resolution near 1, so the quantisation
 is below float32 rounding.
 
+Every head of a reduction writes into the same full-resolution work buffers (:class:`_Workspace`,
+``out=`` and in-place operations). A fresh full-resolution tensor per operation costs more in page
+faults than the arithmetic on it on the CPU, where glibc returns large freed blocks to the system.
+
 Everything stays on the compute device; callers transfer the few final volumes once.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import Cancelled
-from ..networks import upsample_logits
+from ..networks import upsample_logits_into
 from ..uncertainty import entropy
 
 FIXED_POINT_SCALE = float(1 << 24)
@@ -82,16 +87,23 @@ class HeadStream:
             [t.to(device) for t in self.logits], self.full_shape, self.crop, self.slicewise, self.num_classes
         )
 
-    def head_probabilities(self, head: int) -> torch.Tensor:
-        """Softmax of one head at full resolution, cropped to the image: [K, z, y, x] float32."""
+    def head_probabilities(self, head: int, workspace: _Workspace | None = None) -> torch.Tensor:
+        """Softmax of one head at full resolution, cropped to the image: [K, z, y, x] float32.
+
+        With a workspace, the result lives in its ``probabilities`` buffer until the next head.
+        """
+        workspace = workspace or _Workspace(self)
         logits = self.logits[head]
-        if self.slicewise:  # [K, Z, y, x]: slices are the batch, bilinear in-plane as the 2D contract says
-            upsampled = upsample_logits(logits.transpose(0, 1), self.full_shape[1:]).transpose(0, 1)
+        if list(logits.shape[1:]) == self.full_shape:  # a full-resolution head needs no upsampling
+            upsampled = logits
+        elif self.slicewise:  # [K, Z, y, x]: slices are the batch, bilinear in-plane as the 2D contract says
+            upsampled = upsample_logits_into(logits.transpose(0, 1), workspace.upsampled).transpose(0, 1)
         else:
-            upsampled = upsample_logits(logits[None], self.full_shape)[0]
-        probabilities = torch.softmax(upsampled[(slice(None), *self.crop)], dim=0)
+            upsampled = upsample_logits_into(logits[None], workspace.upsampled)[0]
+        probabilities = workspace.probabilities
+        torch.ops.aten._softmax.out(upsampled[(slice(None), *self.crop)], 0, False, out=probabilities)
         if head not in self._labels:
-            self._labels[head] = _first_argmax(probabilities)
+            self._labels[head] = _first_argmax(probabilities, workspace)
         return probabilities
 
     def reduce(
@@ -128,9 +140,10 @@ class HeadStream:
                         math.log(self.num_classes) / (FIXED_POINT_SCALE * count)
                     )
                     result["mutual_information"] = (entropy_of_mean - mean_entropy).clamp_min_(0.0)
-            if "variance" in maps:
+            if "variance" in maps:  # mean over classes of E[p²] - E[p]², from the class sum of p² per head
                 second_moment = self._sums["p2"].float() / (FIXED_POINT_SCALE * count)
-                result["variance"] = (second_moment - mean * mean).clamp_min_(0.0).mean(0)
+                squared_mean = (mean * mean).sum(0)
+                result["variance"] = (second_moment - squared_mean).div_(self.num_classes).clamp_min_(0.0)
             del mean
         confusions = [self._pair_confusion(head) for head in range(first, stop - 1)]
         class_counts = torch.bincount(label.flatten(), minlength=self.num_classes)
@@ -160,44 +173,47 @@ class HeadStream:
             self._tracked = needed | self._tracked if overlap else needed
             self._sums = {}
             self._range = (first, first)
-            for head in range(first, stop):
+            changes = [(head, +1) for head in range(first, stop)]
+        else:
+            leaving = [*range(current_first, first), *range(stop, current_stop)]
+            entering = [*range(first, current_first), *range(current_stop, stop)]
+            changes = [(head, -1) for head in leaving] + [(head, +1) for head in entering]
+        if changes:
+            workspace = _Workspace(self)
+            for head, sign in changes:
                 _check(cancel)
-                self._accumulate(head, +1)
-            self._range = (first, stop)
-            return
-        for head in [*range(current_first, first), *range(stop, current_stop)]:  # heads that leave
-            _check(cancel)
-            self._accumulate(head, -1)
-        for head in [*range(first, current_first), *range(current_stop, stop)]:  # heads that enter
-            _check(cancel)
-            self._accumulate(head, +1)
+                self._accumulate(head, sign, workspace)
         self._range = (first, stop)
 
-    def _accumulate(self, head: int, sign: int) -> None:
-        probabilities = self.head_probabilities(head)
-        terms = {}
-        if "p2" in self._tracked:
-            terms["p2"] = probabilities * probabilities
-        if "h" in self._tracked:
-            terms["h"] = entropy(probabilities, 0) / math.log(self.num_classes)
-        terms["p"] = probabilities  # last: quantising works in place
-        for name, value in terms.items():
-            quantised = _quantise(value)
-            if name not in self._sums:
-                self._sums[name] = torch.zeros_like(quantised)
-            self._sums[name].add_(quantised, alpha=sign)
-        del terms, probabilities
+    def _accumulate(self, head: int, sign: int, workspace: _Workspace) -> None:
+        probabilities = self.head_probabilities(head, workspace)
+        if "p2" in self._tracked:  # the class sum of p² is all the variance map needs
+            torch.mul(probabilities, probabilities, out=workspace.scratch)
+            self._add("p2", torch.sum(workspace.scratch, 0, out=workspace.voxel), sign, workspace.voxel_fixed)
+        if "h" in self._tracked:  # entropy normalised to [0, 1] by log K
+            torch.special.entr(probabilities, out=workspace.scratch)
+            entropy_sum = torch.sum(workspace.scratch, 0, out=workspace.voxel)
+            self._add("h", entropy_sum.div_(math.log(self.num_classes)), sign, workspace.voxel_fixed)
+        self._add("p", probabilities, sign, workspace.fixed)  # the head's last use: quantised in place
         if "votes" in self._tracked:  # per class, how many kept heads vote for it (uint8: at most 127 heads)
+            label = self._labels[head]
             if "votes" not in self._sums:
-                shape = (self.num_classes, *self._labels[head].shape)
+                shape = (self.num_classes, *label.shape)
                 self._sums["votes"] = torch.zeros(shape, dtype=torch.uint8, device=self.device)
-            votes, label = self._sums["votes"], self._labels[head]
+            votes, vote = self._sums["votes"], workspace.mask.view(torch.uint8)
             for index in range(self.num_classes):
-                vote = (label == index).view(torch.uint8)
+                torch.eq(label, index, out=workspace.mask)
                 if sign > 0:
                     votes[index].add_(vote)
                 else:
                     votes[index].sub_(vote)
+
+    def _add(self, name: str, values: torch.Tensor, sign: int, fixed: torch.Tensor) -> None:
+        """Add ``sign`` times ``values`` (a work buffer, overwritten) to the fixed-point sum ``name``."""
+        fixed.copy_(values.mul_(FIXED_POINT_SCALE).round_())
+        if name not in self._sums:
+            self._sums[name] = torch.zeros_like(fixed)
+        self._sums[name].add_(fixed, alpha=sign)
 
     def _pair_confusion(self, head: int) -> torch.Tensor:
         if head not in self._confusions:
@@ -219,26 +235,73 @@ def _sums_needed(maps: Sequence[str]) -> frozenset[str]:
     return frozenset(needed)
 
 
-def _quantise(values: torch.Tensor) -> torch.Tensor:
-    """Fixed point, in place on ``values`` (a temporary), to spare a full-resolution allocation."""
-    return values.mul_(FIXED_POINT_SCALE).round_().to(torch.int32)
-
-
-def _first_argmax(values: torch.Tensor) -> torch.Tensor:
+def _first_argmax(values: torch.Tensor, workspace: _Workspace | None = None) -> torch.Tensor:
     """Class index of the maximum along dim 0 as uint8 (the first one on ties).
 
     On the CPU, ``argmax`` and ``max(dim)`` over a short leading class axis are slower than a chain of
     elementwise comparisons (1.7x for three classes on 10 M voxels); both give the first maximum.
+    A workspace of the same dtype lends its buffers for the running maximum and the comparisons.
     """
     if values.shape[0] > 16:
         return torch.max(values, dim=0).indices.to(torch.uint8)
-    index = (values[1] > values[0]).to(torch.uint8)
-    best = torch.maximum(values[0], values[1])
+    if workspace is not None and workspace.voxel.dtype == values.dtype:
+        best, greater = workspace.voxel, workspace.mask
+    else:
+        best = torch.empty_like(values[0])
+        greater = torch.empty(values.shape[1:], dtype=torch.bool, device=values.device)
+    index = torch.gt(values[1], values[0], out=greater).to(torch.uint8)
+    torch.maximum(values[0], values[1], out=best)
     for k in range(2, values.shape[0]):
-        greater = values[k] > best
+        torch.gt(values[k], best, out=greater)
         index = torch.where(greater, k, index)  # a Python scalar: no host-to-device copy
-        best = torch.maximum(best, values[k])
+        torch.maximum(best, values[k], out=best)
     return index
+
+
+class _Workspace:
+    """Full-resolution buffers that every head of one reduction reuses.
+
+    Each buffer is allocated on first use, so a reduction pays only for the sums it tracks.
+    """
+
+    def __init__(self, stream: HeadStream) -> None:
+        self.classes, self.device = stream.num_classes, stream.device
+        full = stream.full_shape
+        self.cropped = [len(range(*part.indices(size))) for part, size in zip(stream.crop, full, strict=True)]
+        # slice-wise models upsample with the slices as the batch: [Z, K, y, x]
+        batch, spatial = (full[0], full[1:]) if stream.slicewise else (1, full)
+        self.upsampled_shape = (batch, self.classes, *spatial)
+
+    def _empty(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype, device=self.device)
+
+    @functools.cached_property
+    def upsampled(self) -> torch.Tensor:
+        return self._empty(self.upsampled_shape)
+
+    @functools.cached_property
+    def probabilities(self) -> torch.Tensor:
+        return self._empty((self.classes, *self.cropped))
+
+    @functools.cached_property
+    def scratch(self) -> torch.Tensor:
+        return self._empty((self.classes, *self.cropped))
+
+    @functools.cached_property
+    def fixed(self) -> torch.Tensor:
+        return self._empty((self.classes, *self.cropped), torch.int32)
+
+    @functools.cached_property
+    def voxel(self) -> torch.Tensor:
+        return self._empty(self.cropped)
+
+    @functools.cached_property
+    def voxel_fixed(self) -> torch.Tensor:
+        return self._empty(self.cropped, torch.int32)
+
+    @functools.cached_property
+    def mask(self) -> torch.Tensor:
+        return self._empty(self.cropped, torch.bool)
 
 
 def _check(cancel: Callable[[], bool] | None) -> None:
