@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from LayerEnsemblesLib.networks import LayerEnsembleUNet, count_parameters, upsample_logits
+from LayerEnsemblesLib.networks import (
+    LayerEnsembleUNet,
+    count_parameters,
+    in_plane_elements,
+    upsample_logits,
+    upsample_logits_into,
+)
 
 
 def test_default_depth_gives_ten_heads_ordered_shallow_to_deep():
@@ -135,3 +141,24 @@ def test_checkpoints_with_one_flat_head_list_still_load():
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(source(x), target(x), strict=True))
+
+
+@pytest.mark.parametrize(
+    "low, size",
+    [
+        ((1, 3, 4, 6, 5), (16, 24, 20)),
+        ((2, 2, 3, 4, 5), (7, 9, 11)),
+        ((1, 3, 8, 8, 8), (8, 16, 16)),
+        ((5, 2, 8, 10), (32, 40)),
+    ],
+)
+def test_engine_upsampling_into_a_buffer_equals_the_defining_one(low, size):
+    """The engine's separable, buffer-reusing upsampling is the function ``upsample_logits`` defines."""
+    torch.manual_seed(0)
+    logits = torch.randn(low) * 5
+    expected = upsample_logits(logits, list(size))
+    scratch = torch.empty(in_plane_elements(low, size) + 7) if len(size) == 3 else None
+    for buffer in (None, scratch):
+        out = torch.full((low[0], low[1], *size), float("nan"))
+        assert upsample_logits_into(logits, out, buffer) is out
+        assert torch.allclose(out, expected, rtol=0, atol=1e-5)

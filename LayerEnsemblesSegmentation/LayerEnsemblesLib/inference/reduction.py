@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import Cancelled
-from ..networks import upsample_logits_into
+from ..networks import in_plane_elements, upsample_logits_into
 from ..uncertainty import entropy
 
 FIXED_POINT_SCALE = float(1 << 24)
@@ -99,7 +99,7 @@ class HeadStream:
         elif self.slicewise:  # [K, Z, y, x]: slices are the batch, bilinear in-plane as the 2D contract says
             upsampled = upsample_logits_into(logits.transpose(0, 1), workspace.upsampled).transpose(0, 1)
         else:
-            upsampled = upsample_logits_into(logits[None], workspace.upsampled)[0]
+            upsampled = upsample_logits_into(logits[None], workspace.upsampled, workspace.in_plane)[0]
         probabilities = workspace.probabilities
         torch.ops.aten._softmax.out(upsampled[(slice(None), *self.crop)], 0, False, out=probabilities)
         if head not in self._labels:
@@ -266,18 +266,27 @@ class _Workspace:
 
     def __init__(self, stream: HeadStream) -> None:
         self.classes, self.device = stream.num_classes, stream.device
+        self.dtype = stream.logits[0].dtype  # float32 from the engine; tests may pass float64
         full = stream.full_shape
         self.cropped = [len(range(*part.indices(size))) for part, size in zip(stream.crop, full, strict=True)]
         # slice-wise models upsample with the slices as the batch: [Z, K, y, x]
         batch, spatial = (full[0], full[1:]) if stream.slicewise else (1, full)
         self.upsampled_shape = (batch, self.classes, *spatial)
+        low_resolution = [t for t in stream.logits if list(t.shape[1:]) != full]
+        needed = [in_plane_elements((1, *t.shape), full) for t in low_resolution]
+        self.in_plane_elements = max(needed, default=0)
 
-    def _empty(self, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.empty(tuple(shape), dtype=dtype, device=self.device)
+    def _empty(self, shape: Sequence[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.empty(tuple(shape), dtype=dtype or self.dtype, device=self.device)
 
     @functools.cached_property
     def upsampled(self) -> torch.Tensor:
         return self._empty(self.upsampled_shape)
+
+    @functools.cached_property
+    def in_plane(self) -> torch.Tensor:
+        """Scratch for the in-plane step of separable 3D upsampling."""
+        return self._empty((self.in_plane_elements,))
 
     @functools.cached_property
     def probabilities(self) -> torch.Tensor:
