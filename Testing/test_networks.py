@@ -6,6 +6,7 @@ import pytest
 import torch
 from LayerEnsemblesLib.networks import (
     LayerEnsembleUNet,
+    PointwiseHead,
     count_parameters,
     in_plane_elements,
     upsample_logits,
@@ -162,3 +163,26 @@ def test_engine_upsampling_into_a_buffer_equals_the_defining_one(low, size):
         out = torch.full((low[0], low[1], *size), float("nan"))
         assert upsample_logits_into(logits, out, buffer) is out
         assert torch.allclose(out, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims, shape", [(2, (4, 16, 24, 20)), (3, (2, 16, 6, 8, 10))])
+def test_pointwise_head_is_a_1x1_convolution(spatial_dims, shape):
+    """Same initialisation, parameter layout and outputs as the convolution it replaces."""
+    torch.manual_seed(0)
+    head = PointwiseHead(spatial_dims, 16, 3)
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d)(16, 3, 1)
+    assert torch.equal(head.weight, conv.weight) and torch.equal(head.bias, conv.bias)
+    assert head.state_dict().keys() == conv.state_dict().keys()
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.allclose(head(x), conv(x), atol=1e-5)
+        assert torch.allclose(torch.jit.script(head)(x), conv(x), atol=1e-5)
+        strided = x.transpose(-1, -2)
+        assert torch.allclose(head(strided), conv(strided), atol=1e-5)
+
+
+def test_larger_head_kernels_stay_convolutions():
+    network = LayerEnsembleUNet(2, 1, 2, depth=2, base_channels=4, head_kernel_size=3)
+    assert all(isinstance(head, torch.nn.Conv2d) for head in network.heads)
+    assert all(isinstance(head, PointwiseHead) for head in LayerEnsembleUNet(2, 1, 2, depth=2).heads)

@@ -165,7 +165,7 @@ def _assemble(curves: dict[str, list[float]], labels: list[str], empty_classes: 
 
 def entropy(probabilities: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Shannon entropy in nats, with 0 log 0 = 0."""
-    return -torch.xlogy(probabilities, probabilities).sum(dim)
+    return torch.special.entr(probabilities).sum(dim)  # -p log p in one pass (faster than xlogy)
 
 
 def ensemble_maps(probabilities: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:

@@ -131,19 +131,18 @@ class HeadStream:
             result["agreement"] = agreeing.float().div_(count)
         if {"entropy", "mutual_information", "variance"} & set(maps):
             mean = self.mean_probabilities(first, stop)
+            to_mean = 1.0 / (FIXED_POINT_SCALE * count)
             if {"entropy", "mutual_information"} & set(maps):
                 entropy_of_mean = entropy(mean, 0)
                 if "entropy" in maps:
                     result["entropy"] = entropy_of_mean
                 if "mutual_information" in maps:
-                    mean_entropy = self._sums["h"].float() * (
-                        math.log(self.num_classes) / (FIXED_POINT_SCALE * count)
-                    )
-                    result["mutual_information"] = (entropy_of_mean - mean_entropy).clamp_min_(0.0)
+                    mean_entropy = _scaled(self._sums["h"], to_mean * math.log(self.num_classes))
+                    result["mutual_information"] = mean_entropy.neg_().add_(entropy_of_mean).clamp_min_(0.0)
             if "variance" in maps:  # mean over classes of E[p²] - E[p]², from the class sum of p² per head
-                second_moment = self._sums["p2"].float() / (FIXED_POINT_SCALE * count)
-                squared_mean = (mean * mean).sum(0)
-                result["variance"] = (second_moment - squared_mean).div_(self.num_classes).clamp_min_(0.0)
+                squared_mean = (mean * mean).sum(0)  # not linalg.vector_norm: 10x slower over dim 0
+                variance = _scaled(self._sums["p2"], to_mean).sub_(squared_mean)
+                result["variance"] = variance.div_(self.num_classes).clamp_min_(0.0)
             del mean
         confusions = [self._pair_confusion(head) for head in range(first, stop - 1)]
         class_counts = torch.bincount(label.flatten(), minlength=self.num_classes)
@@ -152,7 +151,7 @@ class HeadStream:
     def mean_probabilities(self, first: int, stop: int) -> torch.Tensor:
         """Mean softmax of the range, [K, z, y, x] float32."""
         self._move_to(first, stop, self._tracked, None)
-        return self._sums["p"].float() / (FIXED_POINT_SCALE * (stop - first))
+        return _scaled(self._sums["p"], 1.0 / (FIXED_POINT_SCALE * (stop - first)))
 
     def _move_to(
         self, first: int, stop: int, needed: frozenset[str], cancel: Callable[[], bool] | None
@@ -311,6 +310,12 @@ class _Workspace:
     @functools.cached_property
     def mask(self) -> torch.Tensor:
         return self._empty(self.cropped, torch.bool)
+
+
+def _scaled(fixed: torch.Tensor, factor: float) -> torch.Tensor:
+    """A fixed-point sum as float32 times ``factor`` (convert, then scale in place: 2x faster on the
+    CPU than ``fixed.float() / x`` or ``torch.mul(fixed, factor)``, whose mixed-type kernels are slow)."""
+    return fixed.to(torch.float32).mul_(factor)
 
 
 def _check(cancel: Callable[[], bool] | None) -> None:
