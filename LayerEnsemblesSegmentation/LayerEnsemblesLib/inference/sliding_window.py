@@ -128,8 +128,10 @@ def run_windows(
     """
     device = volume.device
     grids = [tuple(s // st for s, st in zip(plan.shape, stride, strict=False)) for stride in head_strides]
-    accumulators = [torch.zeros((num_classes, *grid), dtype=torch.float32, device=device) for grid in grids]
-    single = plan.count == 1
+    single = plan.count == 1  # one window covering the volume: its head logits are the result, uncopied
+    accumulators: list[torch.Tensor] = []
+    if not single:
+        accumulators = [torch.zeros((num_classes, *g), dtype=torch.float32, device=device) for g in grids]
     weight_sums: dict[tuple[int, ...], torch.Tensor] = {}
     weights: dict[tuple[int, ...], torch.Tensor] = {}
     for stride, grid in zip(head_strides, grids, strict=False):
@@ -144,10 +146,10 @@ def run_windows(
         patch = volume[(slice(None), *region)]
         batch = patch.transpose(0, 1) if slicewise else patch[None]  # [B, C, (z,) y, x]
         outputs = forward(batch)
-        if len(outputs) != len(accumulators):
+        if len(outputs) != len(grids):
             raise InputError(
                 f"{source}: the model returned {len(outputs)} outputs but its metadata declares "
-                f"{len(accumulators)}"
+                f"{len(grids)}"
             )
         for head, (output, stride) in enumerate(zip(outputs, head_strides, strict=False)):
             output = output.float().transpose(0, 1) if slicewise else output[0].float()  # [K, z, y, x]
@@ -161,7 +163,7 @@ def run_windows(
                 slice(o // s, (o + w) // s) for o, w, s in zip(start, plan.window, stride, strict=False)
             )
             if single:
-                accumulators[head][(slice(None), *target)] = output
+                accumulators.append(output)
             else:
                 key = tuple(stride)
                 accumulators[head][(slice(None), *target)] += output * weights[key]
