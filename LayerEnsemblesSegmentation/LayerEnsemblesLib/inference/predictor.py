@@ -31,7 +31,7 @@ from ..devices import device_report, is_out_of_memory, release_cached_memory, re
 from ..errors import InputError
 from ..preprocessing import network_divisor, to_network_space
 from ..uncertainty import UNION
-from .reduction import MAX_KEPT_HEADS, HeadStream
+from .reduction import MAX_KEPT_HEADS, HeadStream, reduction_bytes_per_voxel
 from .results import (
     InferenceSession,
     Prediction,
@@ -349,9 +349,7 @@ class Predictor:
         strides = metadata.head_strides * (metadata.samples if metadata.kind == "mc_dropout" else 1)
         power = 2 if self.slicewise else 3
         logits = sum(4 * metadata.num_classes * voxels / s**power for s in strides)
-        # reduction: six K-channel float32/int32 volumes (work buffers and the sum of p), four 1-channel
-        # ones (entropy and p² sums and their buffers), a mask, K vote counts and one label per head
-        reduction = voxels * (4 * 6 * metadata.num_classes + 4 * 4 + 1 + metadata.num_classes + len(strides))
+        reduction = voxels * reduction_bytes_per_voxel(metadata.num_classes, len(strides))
         return logits + reduction
 
     def _forward_bytes_per_voxel(

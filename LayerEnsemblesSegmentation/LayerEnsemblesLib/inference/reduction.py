@@ -312,6 +312,17 @@ class _Workspace:
         return self._empty(self.cropped, torch.bool)
 
 
+def reduction_bytes_per_voxel(num_classes: int, num_heads: int) -> int:
+    """Bytes a reduction holds per full-resolution voxel, at most: what :class:`_Workspace` and the sums
+    allocate, kept here beside them so that memory planning follows any change to the buffers.
+
+    Six K-channel float32/int32 volumes (upsampled, probabilities, scratch, fixed, the in-plane
+    scratch bounded by one, the sum of p), four 1-channel ones (voxel, voxel_fixed and the entropy and
+    p² sums), the mask, K uint8 vote counts and one uint8 label per head.
+    """
+    return 4 * 6 * num_classes + 4 * 4 + 1 + num_classes + num_heads
+
+
 def _scaled(fixed: torch.Tensor, factor: float) -> torch.Tensor:
     """A fixed-point sum as float32 times ``factor`` (convert, then scale in place: 2x faster on the
     CPU than ``fixed.float() / x`` or ``torch.mul(fixed, factor)``, whose mixed-type kernels are slow)."""
