@@ -148,7 +148,7 @@ def test_label_values_are_mapped_to_class_indices(tmp_path):
 @pytest.mark.parametrize(
     "problem, message",
     [
-        ("shape", "label size"),
+        ("shape", "label geometry differs"),
         ("spacing", "label geometry differs"),
         ("origin", "label geometry differs"),
         ("values", "label values [5] are outside the declared classes [0, 1, 2]"),

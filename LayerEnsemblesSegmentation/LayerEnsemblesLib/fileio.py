@@ -9,6 +9,7 @@ and an existing file is replaced only when the caller says so.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -193,6 +194,15 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in chunks (model files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_image(path: str | Path) -> sitk.Image:
