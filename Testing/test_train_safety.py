@@ -96,8 +96,8 @@ def test_a_failed_overwrite_leaves_the_old_run_intact(trained_run, run_copy, blo
         assert snapshot(run_copy) == before, arguments  # nothing lost, nothing left behind
     # a new run that starts does replace the old one
     code = cli.main(
-        ["train", "--dataset", str(blob_dataset), "--out", str(run_copy), "--overwrite", *TINY, "--epochs", "1",
-         "--lr", "0.002"]
+        ["train", "--dataset", str(blob_dataset), "--out", str(run_copy), "--overwrite", *TINY,
+         "--epochs", "1", "--lr", "0.002"]
     )  # fmt: skip
     assert code == 0
     assert json.loads((run_copy / "config.json").read_text())["config"]["lr"] == 0.002
