@@ -261,12 +261,67 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             f"{folder}: folder holds {len(series)} DICOM series ({', '.join(series[:3])}...); "
             "pass the folder of one series"
         )
+    names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    _check_dicom_slices(folder, names)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    reader.SetFileNames(names)
     try:
         return reader.Execute()
     except RuntimeError as error:
         raise InputError(f"{folder}: unreadable DICOM series ({_first_itk_line(error)})") from None
+
+
+DICOM_GAP_TOLERANCE = 0.01  # of the slice spacing: positions are written with a few decimals
+
+
+def _check_dicom_slices(folder: Path, names: list[str]) -> None:
+    """Refuse a series that would be stacked with a slice missing, unreadable, repeated or out of step.
+
+    GDCM leaves out files it cannot parse and the reader stacks the rest with one spacing, so a damaged
+    or missing slice would silently shift every slice after it. Every DICOM file of the folder must be
+    in the series, and the slice positions along the slice normal must be evenly spaced.
+    """
+    in_series = {Path(name).resolve() for name in names}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.resolve() not in in_series and _looks_like_dicom(path):
+            raise InputError(
+                f"{folder}: slice {path.name} is unreadable or not part of the series; remove it or "
+                "repair it (a series with a slice left out would be stacked with the wrong spacing)"
+            )
+    if len(names) < 2:
+        return
+    positions = []
+    for name in names:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+            origin = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            cosines = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+        except (RuntimeError, ValueError):
+            raise InputError(f"{name}: DICOM slice without a readable position or orientation") from None
+        normal = np.cross(cosines[:3], cosines[3:6])
+        positions.append(float(np.dot(normal, origin)))
+    gaps = np.diff(np.sort(positions))
+    step = float(np.median(gaps))
+    if step <= 0 or np.any(gaps <= DICOM_GAP_TOLERANCE * step):
+        raise InputError(f"{folder}: two slices of the series share one position (a repeated slice?)")
+    if np.any(np.abs(gaps - step) > DICOM_GAP_TOLERANCE * step):
+        worst = float(gaps[np.argmax(np.abs(gaps - step))])
+        raise InputError(
+            f"{folder}: slices are not evenly spaced (a gap of {worst:.3g} mm where the spacing is "
+            f"{step:.3g} mm: a missing slice?); refusing to stack them with one spacing"
+        )
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return True
 
 
 def _first_itk_line(error: Exception) -> str:
