@@ -72,8 +72,8 @@ class Predictor:
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
         if not 0.0 <= overlap < 1.0:
             raise InputError(f"overlap {overlap}: must be in [0, 1)")
-        if memory_budget_gb is not None and memory_budget_gb <= 0:
-            raise InputError(f"memory budget {memory_budget_gb} GB: must be positive")
+        if memory_budget_gb is not None and not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
+            raise InputError(f"memory budget {memory_budget_gb} GB: must be a positive number")
         self.window_size = tuple(int(w) for w in window_size) if window_size is not None else None
         self.overlap = float(overlap)
         self.memory_budget_gb = memory_budget_gb
