@@ -205,7 +205,7 @@ class ReviewController(ReviewActions):
                 if self._run is not run:
                     return False  # cancelled or closed by a subscriber while applying
                 self._apply_event(run, event)
-            if run.process.done:
+            if self._run is run and run.process.done:
                 self._finish(run)
         except Exception as error:  # noqa: BLE001 - the timer must keep running; report and stop the run
             log.exception("LayerEnsembles: applying the engine's events failed")

@@ -274,7 +274,7 @@ class ReviewActions:
         The bundles are referred to relative to the scene, so the folder can be moved as a whole.
         """
         folder = Path(folder)
-        (folder / BUNDLE_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+        copies = []
         for case in self.state.cases:
             segmentation = self.context.node(case.segmentation_id)
             try:
@@ -282,14 +282,24 @@ class ReviewActions:
             except InputError as error:
                 self.state.status = str(error)
                 continue
-            target = folder / BUNDLE_SUBFOLDER / source.name
-            if source.resolve() != target.resolve():
-                shutil.copy2(source, target)
             relative = f"{BUNDLE_SUBFOLDER}/{source.name}"
+            copies.append((source, folder / relative))
             segmentation.SetAttribute(scene_cases.BUNDLE_ATTRIBUTE, relative)
             case.bundle_path = relative
+        # Bundles are copied after the scene is written: writing a scene folder empties it first.
+        copies = [
+            (source.read_bytes() if source.is_relative_to(folder) else source, target)
+            for source, target in copies
+        ]
+        folder.mkdir(parents=True, exist_ok=True)
         if not self.context.app_logic.SaveSceneToSlicerDataBundleDirectory(str(folder), None):
             raise InputError(f"{folder}: the scene could not be saved there")
+        (folder / BUNDLE_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+        for source, target in copies:
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copy2(source, target)
         scene_file = next(folder.glob("*.mrml"))
         self._changed(f"Saved to {scene_file}")
         return str(scene_file)
