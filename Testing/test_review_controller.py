@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import make_tiny_model
-from scene_support import blob_image
 from LayerEnsemblesLib.fileio import read_image
 from LayerEnsemblesLib.review.cases import BUNDLE_ATTRIBUTE, REVIEWER_ATTRIBUTE, SOURCE_ATTRIBUTE
 from LayerEnsemblesLib.review.controller import ReviewController
@@ -21,6 +20,7 @@ from LayerEnsemblesLib.scene import (
     segment_array,
     segment_status,
 )
+from scene_support import blob_image
 
 RUN_TIMEOUT = 300
 
