@@ -95,9 +95,13 @@ class ReviewController(ReviewActions):
     def load_model(self, path: str | os.PathLike) -> bool:
         """Load a model file's summary. A new file sets the run settings to its defaults; the same file keeps
         what the user set (defect 3), and the shown result keeps its own model's settings (defect 4)."""
-        info = read_model_info(path)
-        previous = self.state.model
-        self.state.model, self.state.model_path = info, stored_model_path(info.path)
+        previous, self.state.model_path = self.state.model, stored_model_path(path)
+        try:
+            info = read_model_info(path)
+        except Exception:
+            self.state.model = None  # the GUI shows the chosen file as not loaded, and does not retry it
+            raise
+        self.state.model = info
         if previous is None or not same_model(previous.path, info.path):
             case = self.state.current_case
             if case is not None and same_model(case.model_path, info.path) and case.kept_heads:
@@ -118,6 +122,16 @@ class ReviewController(ReviewActions):
             raise InputError(f"device {device!r}: choose one of {[spec for _, spec in self.state.devices]}")
         self.state.device = device
         self._changed()
+
+    def current_chart_id(self) -> str | None:
+        """The agreement chart node of the shown case (for a plot view)."""
+        case = self.state.current_case
+        return self._results[case.segmentation_id].chart_id if case is not None else None
+
+    def worklist_table_id(self) -> str | None:
+        """The worklist table node (ranked by AULA, lowest first), once a batch has run."""
+        worklist = self._worklist
+        return worklist.table_id if worklist is not None and self.context.node(worklist.table_id) else None
 
     # -- running ---------------------------------------------------------------------------------------
 
