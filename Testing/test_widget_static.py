@@ -180,3 +180,89 @@ def test_the_undefined_name_check_would_catch_one(tmp_path):
     broken.write_text(MODULE_FILE.read_text() + "\n\ndef later():\n    return undefinedHelper()\n")
     completed = _ruff_undefined_names(broken)
     assert completed.returncode == 1 and "undefinedHelper" in completed.stdout
+
+
+# -- defects found in real Slicer (issue 10) ---------------------------------------------------------------
+
+RANGE_VALIDATORS = {"WithinRange", "RangeBounds"}
+
+
+def range_parameters_without_default(tree: ast.Module) -> list[str]:
+    """Parameters with a range annotation but no ``Default(...)`` in it.
+
+    Slicer's range connectors validate the annotation's default; a default given by ``=`` is not seen
+    there, the connector gets ``0`` and ``connectGui`` raises inside ``setup()``: no control is bound.
+    """
+    missing = []
+    for name, annotation in parameter_fields(tree).items():
+        called = {getattr(node.func, "id", getattr(node.func, "attr", "")) for node in ast.walk(annotation)
+                  if isinstance(node, ast.Call)}
+        if called & RANGE_VALIDATORS and "Default" not in called:
+            missing.append(name)
+    return missing
+
+
+def test_every_range_parameter_has_its_default_in_the_annotation(module_tree):
+    fields = parameter_fields(module_tree)
+    assert {"keptHeads", "aulaThreshold", "heatmapOpacity"} <= set(fields)
+    assert range_parameters_without_default(module_tree) == []
+
+
+def test_the_default_check_would_catch_the_unbound_panel():
+    old = ("@parameterNodeWrapper\nclass LayerEnsemblesSegmentationParameterNode:\n"
+           "    keptHeads: Annotated[FloatRange, RangeBounds(1, MAX_HEADS)] = FloatRange(1, MAX_HEADS)\n"
+           "    aulaThreshold: Annotated[float, WithinRange(0.0, 1.0), Default(0.9)]\n")
+    assert range_parameters_without_default(ast.parse(old)) == ["keptHeads"]
+
+
+def volume_selectors(ui: ET.Element) -> set[str]:
+    selectors = set()
+    for widget in ui.iter("widget"):
+        if widget.get("class") in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox"):
+            types = [s.text for p in widget.findall("property") if p.get("name") == "nodeTypes"
+                     for s in p.iter("string")]
+            if any(t in ("vtkMRMLScalarVolumeNode", "vtkMRMLVolumeNode") for t in types):
+                selectors.add(widget.get("name"))
+    return selectors
+
+
+def module_constant(tree: ast.Module, name: str):
+    return next(ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == name)
+
+
+def test_input_volume_selectors_hide_the_modules_heatmaps(ui, module_tree):
+    """The heatmaps are volumes too: every volume selector of the panel hides them, on every node added."""
+    selectors = volume_selectors(ui)
+    assert selectors == {"inputVolumeSelector", "worklistVolumesSelector"}
+    assert set(module_constant(module_tree, "INPUT_VOLUME_SELECTORS")) == selectors
+    widget = class_named(module_tree, "Widget")
+    hider = next(f for f in widget.body if isinstance(f, ast.FunctionDef) and any(
+        isinstance(n, ast.Attribute) and n.attr == "hiddenNodeIDs" for n in ast.walk(f)))
+    source = ast.unparse(hider)
+    assert "module_volume_ids(" in source and "in INPUT_VOLUME_SELECTORS" in source
+    observed = [ast.unparse(call) for call in ast.walk(widget) if isinstance(call, ast.Call)
+                and getattr(call.func, "attr", "") == "addObserver"]
+    assert any("NodeAddedEvent" in call and f"self.{hider.name}" in call for call in observed)
+
+
+WIDGET_ATTRIBUTES = {"logic", "controller", "ui", "_parameterNode", "_parameterNodeGuiTag", "_updatingGui",
+                     "_pollTimer", "_recombineTimer", "_unsubscribe"}
+
+
+def test_the_widget_holds_no_review_state(module_tree):
+    """Only bindings: the review's state lives in LayerEnsemblesLib.review.ReviewController."""
+    widget = class_named(module_tree, "Widget")
+    assigned = {target.attr for node in ast.walk(widget) if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                if isinstance(target, ast.Attribute) and getattr(target.value, "id", "") == "self"}
+    assert assigned <= WIDGET_ATTRIBUTES, sorted(assigned - WIDGET_ATTRIBUTES)
+    assert len(MODULE_FILE.read_text().splitlines()) < 592  # the module before issue 10
+
+
+def test_cleanup_stops_the_timers_and_the_child(module_tree):
+    widget = class_named(module_tree, "Widget")
+    cleanup = ast.unparse(next(f for f in widget.body if isinstance(f, ast.FunctionDef) and f.name == "cleanup"))
+    for call in ("self._pollTimer.stop()", "self._recombineTimer.stop()", "self.controller.close()",
+                 "self.removeObservers()"):
+        assert call in cleanup
