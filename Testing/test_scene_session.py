@@ -109,7 +109,7 @@ def test_predictor_cache_reuses_a_loaded_model(tiny_model_file):
     assert cache.get(tiny_model_file, "auto") is not first  # another device is another predictor
 
 
-def test_the_heatmaps_are_known_as_module_volumes_and_the_plot_view_is_one_node(session_case, tiny_model_file):
+def test_heatmaps_are_module_volumes_and_the_plot_view_is_one_node(session_case, tiny_model_file):
     """What the panel needs: heatmaps hidden from its input selectors, one plot view however many runs."""
     from LayerEnsemblesLib.scene.heatmaps import module_volume_ids
     from LayerEnsemblesLib.scene.plots import agreement_plot_view

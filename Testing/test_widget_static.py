@@ -262,7 +262,8 @@ def test_the_widget_holds_no_review_state(module_tree):
 
 def test_cleanup_stops_the_timers_and_the_child(module_tree):
     widget = class_named(module_tree, "Widget")
-    cleanup = ast.unparse(next(f for f in widget.body if isinstance(f, ast.FunctionDef) and f.name == "cleanup"))
+    methods = {f.name: f for f in widget.body if isinstance(f, ast.FunctionDef)}
+    cleanup = ast.unparse(methods["cleanup"])
     for call in ("self._pollTimer.stop()", "self._recombineTimer.stop()", "self.controller.close()",
                  "self.removeObservers()"):
         assert call in cleanup
