@@ -230,3 +230,34 @@ def test_a_missing_python_is_refused_without_leaving_a_folder(tmp_path):
             work_dir=tmp_path,
         )
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_real_hippocampus_case_in_a_child_equals_the_in_process_engine(hippocampus_dir):
+    """The shipped model on a real MRI crop: same segmentation, maps and AULA; the bundle recombines."""
+    from LayerEnsemblesLib.commands.demo import DEMO_MODEL
+
+    source = sorted((hippocampus_dir / "imagesTr").glob("*.nii.gz"))[0]
+    process = EngineProcess([source], DEMO_MODEL, device="cpu", maps=("agreement", "variance"))
+    events = collect(process)
+    assert process.returncode == 0, events
+    done = next(e for e in events if e["event"] == "case_done")
+    predictor = Predictor(DEMO_MODEL, device="cpu")
+    image = sitk.ReadImage(str(source))
+    expected = predictor.predict(image, maps=("agreement", "variance"))
+    assert (
+        array_of(sitk.ReadImage(done["outputs"]["segmentation"])) == array_of(expected.segmentation)
+    ).all()
+    assert (
+        array_of(sitk.ReadImage(done["outputs"]["variance"])) == array_of(expected.maps["variance"])
+    ).all()
+    assert done["score"] == expected.score and done["decision"] == expected.decision
+    loaded = load_bundle(done["bundle"])
+    assert loaded.aula == expected.aula
+    first, stop = expected.head_range
+    other = (first + 1, stop - 1)
+    fresh = predictor.predict(image, head_range=other, threshold=0.5, maps=("agreement", "variance"))
+    recombined = loaded.recombine(head_range=other, threshold=0.5)
+    assert (array_of(recombined.segmentation) == array_of(fresh.segmentation)).all()
+    assert (array_of(recombined.maps["agreement"]) == array_of(fresh.maps["agreement"])).all()
+    assert recombined.aula == fresh.aula and recombined.decision == fresh.decision
+    process.cleanup()
