@@ -15,24 +15,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from engine_models import export_intensity_model, rotation, run_cli, sphere_image
+from engine_models import export_intensity_model, oblique_volume, run_cli, sphere_image
 from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.inference import Predictor
 from LayerEnsemblesLib.inference.bundle import BUNDLE_SUFFIX, load_bundle, save_bundle
 
 ALL_MAPS = ("agreement", "entropy", "mutual_information", "variance")
-
-
-def oblique_volume(seed: int = 0, size_zyx=(22, 26, 30)) -> sitk.Image:
-    """Anisotropic, rotated and off-origin, so outputs are resampled back onto the input's grid."""
-    rng = np.random.default_rng(seed)
-    array = rng.normal(size=size_zyx).astype(np.float32)
-    array[6:16, 8:20, 9:22] += 2.5
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.9, 1.0, 1.3))
-    image.SetOrigin((-20.0, 31.5, 7.25))
-    image.SetDirection(tuple((rotation("z", 15) @ rotation("x", -10)).ravel()))
-    return image
 
 
 def array_of(image: sitk.Image) -> np.ndarray:

@@ -16,23 +16,12 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from engine_models import export_intensity_model, rotation, run_cli, sphere_image
+from engine_models import export_intensity_model, oblique_volume, run_cli, sphere_image
 from LayerEnsemblesLib.inference import Predictor
 from LayerEnsemblesLib.inference.bundle import load_bundle
 from LayerEnsemblesLib.review.engine_process import EngineProcess
 
 EVENT_TIMEOUT = 240  # seconds: two shared CPU cores, and each child imports torch
-
-
-def oblique_volume(seed: int = 0, size_zyx=(22, 26, 30)) -> sitk.Image:
-    rng = np.random.default_rng(seed)
-    array = rng.normal(size=size_zyx).astype(np.float32)
-    array[6:16, 8:20, 9:22] += 2.5
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.9, 1.0, 1.3))
-    image.SetOrigin((-20.0, 31.5, 7.25))
-    image.SetDirection(tuple((rotation("z", 15) @ rotation("x", -10)).ravel()))
-    return image
 
 
 def collect(process: EngineProcess, until=lambda events: False, timeout: float = EVENT_TIMEOUT) -> list[dict]:
