@@ -139,6 +139,26 @@ def test_head_outputs_are_stored_losslessly_and_half_precision_only_when_exact(s
     assert_identical(load_bundle(exact_path), exact)
 
 
+def test_float16_head_outputs_halve_the_bundle_and_still_recombine_exactly(
+    tiny_model_file, saved_3d, tmp_path
+):
+    image, full_precision, full_path = saved_3d
+    predictor = Predictor(tiny_model_file, device="cpu", window_size=(32, 32, 32), head_precision="float16")
+    prediction = predictor.predict(image, maps=ALL_MAPS)
+    assert prediction.to_report()["window"]["head_precision"] == "float16"
+    path = save_bundle(prediction, tmp_path / "half_heads.pt")
+    assert all(t.dtype == torch.float16 for t in torch.load(path, weights_only=True)["logits"])
+    assert path.stat().st_size < 0.6 * full_path.stat().st_size
+    for head_range, threshold in [((0, 6), None), ((2, 5), 0.3)]:
+        fresh = predictor.predict(image, head_range=head_range, threshold=threshold, maps=ALL_MAPS)
+        assert_identical(load_bundle(path).recombine(head_range=head_range, threshold=threshold), fresh)
+    # rounding the logits once moves almost no voxel's label
+    same = array_of(prediction.segmentation) == array_of(full_precision.segmentation)
+    assert same.mean() > 0.99
+    with pytest.raises(InputError, match="head precision"):
+        Predictor(tiny_model_file, device="cpu", head_precision="int8")
+
+
 def test_the_bundle_names_its_model_and_geometry(saved_3d, tiny_model_file):
     _, prediction, path = saved_3d
     loaded = load_bundle(path)
