@@ -16,6 +16,7 @@ round-trips exactly; otherwise in float32. Written to a temporary file and renam
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import zipfile
 from pathlib import Path
@@ -76,7 +77,14 @@ def save_bundle(prediction: Prediction, path: str | Path, *, overwrite: bool = F
         "logits": logits,
         "document": json.dumps(document, allow_nan=True, default=_plain),
     }
-    return atomic_write_with(path, lambda temporary: torch.save(payload, temporary), overwrite)
+
+    def write(temporary: Path) -> None:
+        with open(
+            temporary, "wb"
+        ) as handle:  # a file object: records are named archive/..., not by the temp name
+            torch.save(payload, handle)
+
+    return atomic_write_with(path, write, overwrite)
 
 
 def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> Prediction:
@@ -108,7 +116,9 @@ def _read_payload(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: results bundle not found")
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a results bundle (not a zip archive written by --save-heads)")
+        raise InputError(
+            f"{path}: truncated, or not a results bundle (--save-heads writes a complete zip archive)"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()  # torch.load checks no CRC: a flipped bit would load as wrong numbers
@@ -118,6 +128,10 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: corrupt results bundle (checksum mismatch in {damaged})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{path}: holds objects other than tensors and plain values (refused, not unpickled)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - any unpickling refusal or zip problem is one line
         raise InputError(
             f"{path}: not a readable results bundle ({type(error).__name__}: {first_line(error)})"

@@ -56,6 +56,7 @@ class EngineProcess:
         save_heads: bool = True,
         window: Sequence[int] | None = None,
         memory_budget_gb: float | None = None,
+        head_precision: str = "float32",
         python_executable: str | Path | None = None,
         work_dir: str | Path | None = None,
         env: Mapping[str, str] | None = None,
@@ -66,7 +67,7 @@ class EngineProcess:
         arguments = ["segment", *map(str, inputs), "--model", str(model), "--out", str(self.output_dir)]
         arguments += ["--device", device, "--maps", ",".join(maps) or "none", "--progress-json", "--quiet"]
         if save_heads:
-            arguments.append("--save-heads")
+            arguments += ["--save-heads", "--head-precision", head_precision]
         if head_range is not None:
             first, stop = head_range
             arguments += ["--heads", f"{int(first or 0)}:{'' if stop is None else int(stop)}"]
