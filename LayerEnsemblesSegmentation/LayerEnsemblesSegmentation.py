@@ -244,7 +244,9 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
         wanted = self._parameterNode.device if self._parameterNode else "auto"
         self.ui.deviceComboBox.setCurrentIndex(max(self.ui.deviceComboBox.findData(wanted), 0))
         self.ui.deviceComboBox.blockSignals(False)
-        self.controller.set_device(self.ui.deviceComboBox.currentData or "auto")
+        self.controller.set_device(
+            self.ui.deviceComboBox.itemData(self.ui.deviceComboBox.currentIndex) or "auto"
+        )
 
     def onDeviceChanged(self, index: int) -> None:
         if index >= 0:

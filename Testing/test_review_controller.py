@@ -103,7 +103,9 @@ def test_whole_review_of_a_hippocampus_case_in_a_child_process(review, hippocamp
     first, last = case.kept_heads
     fresh = Predictor(model.path, device="cpu").predict(image, head_range=(first - 1, last))
     np.testing.assert_array_equal(labels_in_scene(context, case), sitk.GetArrayFromImage(fresh.segmentation))
-    assert case.score == pytest.approx(float(f"{fresh.score:.6g}"), abs=0)
+    child = controller.prediction()
+    assert child.score == fresh.score and child.aula.raw == fresh.aula.raw
+    assert case.score == pytest.approx(float(f"{fresh.score:.6g}"), abs=0)  # what the scene stores
     assert case.model_decision == fresh.decision
 
     # Fewer heads and another threshold change the shown result in place.
@@ -141,7 +143,7 @@ def test_whole_review_of_a_hippocampus_case_in_a_child_process(review, hippocamp
         assert again.state.kept_heads == (first + 1, last)  # the panel shows what the scene stored
         assert again.set_kept_heads(first, last), again.state.last_error
         back = again.state.current_case
-        assert back.score == pytest.approx(float(f"{fresh.score:.6g}"), abs=0)
+        assert again.prediction().score == fresh.score  # recombined from the bundle: bit for bit
         np.testing.assert_array_equal(
             labels_in_scene(reopened, back), sitk.GetArrayFromImage(fresh.segmentation)
         )

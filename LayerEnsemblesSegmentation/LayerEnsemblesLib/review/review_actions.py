@@ -119,6 +119,17 @@ class ReviewActions:
         self._changed()
         self._emit("result_shown", case)
 
+    def prediction(self, index: int | None = None):
+        """The engine's Prediction behind a case (the shown one by default), read from its bundle if needed.
+
+        For what the state does not carry: per-class AULA, the agreement curve, the head names.
+        """
+        index = self.state.current if index is None else index
+        if index is None or not 0 <= index < len(self.state.cases):
+            raise InputError("no case is shown: segment a volume or open a case first")
+        case = self.state.cases[index]
+        return self._loaded(case, self._results[case.segmentation_id]).prediction
+
     # -- settings --------------------------------------------------------------------------------------
 
     @action
