@@ -320,3 +320,43 @@ def test_actions_without_a_model_or_case_say_why_in_one_line(review):
     assert len(lines) == 5 and all("\n" not in line for line in lines)
     assert "load a model" in lines[0] and "no case" in lines[1] and "missing.pt" in lines[4]
     assert controller.state.last_error == lines[-1]
+
+
+def test_an_roi_run_keeps_the_input_geometry_and_an_edit_marks_the_case_corrected(review, tiny_model_file):
+    import slicer
+    from LayerEnsemblesLib.scene.geometry import oriented_image_from_array
+
+    context, controller, events = review
+    image = blob_image(shape=(16, 20, 24))
+    volume = add_volume_from_image(context.scene, image, "input")
+    roi = context.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+    centre = image.TransformContinuousIndexToPhysicalPoint([s / 2 for s in image.GetSize()])
+    roi.SetCenter(-centre[0], -centre[1], centre[2])
+    roi.SetSize(12.0, 12.0, 12.0)
+    controller.load_model(tiny_model_file)
+    controller.segment_volume(volume, roi)
+    run_to_end(controller)
+    case = controller.state.current_case
+    assert not events.of("error") and case.input_id == volume.GetID()
+    segmentation = context.node(case.segmentation_id)
+    heatmap = segmentation.GetNodeReference("LayerEnsembles.heatmap.agreement")
+    assert slicer.util.arrayFromVolume(heatmap).shape == slicer.util.arrayFromVolume(volume).shape
+    assert segmentation.GetAttribute("LayerEnsembles.CropIndex") != ""
+
+    # the reviewer paints in Segment Editor: reopening the case records it as corrected
+    mask = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
+    mask[5:9, 5:9, 5:9] = 1
+    slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+        oriented_image_from_array(mask, image), segmentation, "class_1"
+    )
+    assert controller.open_case(0)
+    case = controller.state.current_case
+    assert case.reviewer_decision == "corrected" and case.decision_source == "corrected"
+    assert segmentation.GetAttribute(REVIEWER_ATTRIBUTE) == "corrected"
+    # recombining keeps the edit and writes the new result beside it, with its bundle reference
+    assert controller.set_kept_heads(2, 6)
+    fresh = controller.state.current_case
+    assert fresh.segmentation_id != segmentation.GetID()
+    assert context.node(fresh.segmentation_id).GetAttribute(BUNDLE_ATTRIBUTE) == segmentation.GetAttribute(
+        BUNDLE_ATTRIBUTE
+    )
