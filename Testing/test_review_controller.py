@@ -360,3 +360,39 @@ def test_an_roi_run_keeps_the_input_geometry_and_an_edit_marks_the_case_correcte
     assert context.node(fresh.segmentation_id).GetAttribute(BUNDLE_ATTRIBUTE) == segmentation.GetAttribute(
         BUNDLE_ATTRIBUTE
     )
+
+
+def test_an_engine_warning_reaches_the_gui(tmp_path, tiny_model_file):
+    """The engine's CUDA out-of-memory fallback is a "warning" event: the GUI sees it, during and after.
+
+    No GPU here, so the real child runs on the CPU and the warning line it would send is added to its stream.
+    """
+    from LayerEnsemblesLib.review.runs import default_engine_factory
+
+    warning = {"event": "warning", "case": None, "message": "CUDA out of memory: continued on the CPU"}
+
+    class WarningEngine:
+        def __init__(self, **arguments):
+            self.process, self.sent = default_engine_factory(**arguments), False
+
+        def poll(self):
+            events = self.process.poll()
+            if not self.sent:
+                self.sent, events = True, [warning, *events]
+            return events
+
+        def __getattr__(self, name):
+            return getattr(self.process, name)
+
+    context = create_scene()
+    controller = ReviewController(context, bundle_folder=tmp_path, engine_factory=WarningEngine)
+    events = Recorder(controller)
+    try:
+        controller.load_model(tiny_model_file)
+        controller.segment_volume(blob_volumes(context, 1)[0])
+        run_to_end(controller)
+        assert any(p["message"] == warning["message"] for p in events.of("progress"))
+        assert controller.state.run.message == f"Done. {warning['message']}"
+        assert not events.of("error") and controller.state.current_case is not None
+    finally:
+        controller.close()
