@@ -123,6 +123,7 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -165,6 +166,10 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneImported(self, caller, event) -> None:
+        """A saved scene was opened: take up its cases; heads and threshold recombine from their bundles."""
+        self.controller.restore_from_scene()
 
     def onNodeAdded(self, caller=None, event=None) -> None:
         """The module's heatmap volumes are outputs: the input selectors do not offer them."""

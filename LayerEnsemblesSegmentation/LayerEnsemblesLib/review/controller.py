@@ -315,7 +315,7 @@ class ReviewController(ReviewActions):
 
     def _finish(self, run: Run) -> None:
         """The child has exited and every event was applied: report the run once."""
-        cancelled_by_error = bool(run.fatal) and not run.committed
+        whole_run_failed = bool(run.fatal) and not run.committed
         self._run = None
         run.discard_files()
         self.state.run.running, self.state.run.progress = False, 1.0
@@ -327,7 +327,7 @@ class ReviewController(ReviewActions):
             done = len(run.committed)
             summary = (
                 problems[0]
-                if cancelled_by_error and len(problems) == 1
+                if whole_run_failed and len(problems) == 1
                 else f"{len(problems)} of {len(run.pending)} case(s) failed ({done} done): "
                 + "; ".join(problems)
             )

@@ -325,5 +325,5 @@ class ReviewActions:
                 self._add_case(case)
         if restored and self.state.current is None:
             self.open_case(0)
-        self._changed(f"{len(restored)} case(s) found in the scene.")
+        self._changed(f"{len(restored)} case(s) found in the scene." if restored else None)
         return len(restored)
