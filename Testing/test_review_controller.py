@@ -68,9 +68,9 @@ def second_model(tmp_path_factory):
     )
 
 
-def blob_volumes(context, count: int):
+def blob_volumes(context, count: int, shape=(16, 20, 24)):
     return [
-        add_volume_from_image(context.scene, blob_image(shape=(16, 20, 24), seed=s), f"case {s}")
+        add_volume_from_image(context.scene, blob_image(shape=shape, seed=s), f"case {s}")
         for s in range(count)
     ]
 
@@ -141,6 +141,8 @@ def test_whole_review_of_a_hippocampus_case_in_a_child_process(review, hippocamp
         assert restored.reviewer_decision == "flagged" and restored.decision_source == "flagged by reviewer"
         assert restored.kept_heads == (first + 1, last) and restored.threshold == 0.0
         assert again.state.kept_heads == (first + 1, last)  # the panel shows what the scene stored
+        assert again.load_model(DEMO_MODEL)  # the case's own model: what the scene stored stays (defect 3)
+        assert again.state.kept_heads == (first + 1, last) and again.state.threshold == 0.0
         assert again.set_kept_heads(first, last), again.state.last_error
         back = again.state.current_case
         assert again.prediction().score == fresh.score  # recombined from the bundle: bit for bit
@@ -396,3 +398,20 @@ def test_an_engine_warning_reaches_the_gui(tmp_path, tiny_model_file):
         assert not events.of("error") and controller.state.current_case is not None
     finally:
         controller.close()
+
+
+def test_a_crashed_child_leaves_the_scene_as_it_was_and_says_why(review, tiny_model_file):
+    import os
+    import signal
+
+    context, controller, events = review
+    volumes = blob_volumes(context, 3)  # each case takes seconds: the kill lands while case 2 runs
+    controller.load_model(tiny_model_file)
+    before = node_ids(context)
+    cancel_after_first_commit(controller, lambda: os.kill(controller._run.process.pid, signal.SIGKILL))
+    controller.segment_volumes(volumes)
+    run_to_end(controller)
+    assert node_ids(context) == before and controller.state.cases == []
+    (line,) = events.of("error")
+    assert line.startswith("The engine stopped: ") and line.endswith("(the scene is unchanged)")
+    assert "\n" not in line and "SIGKILL" in line

@@ -315,24 +315,25 @@ class ReviewController(ReviewActions):
 
     def _finish(self, run: Run) -> None:
         """The child has exited and every event was applied: report the run once."""
-        whole_run_failed = bool(run.fatal) and not run.committed
+        if run.fatal:  # the engine stopped (a crash, a bad argument): the run leaves the scene as it was
+            self._abandon(run, rollback=True)
+            line = f"The engine stopped: {run.fatal} (the scene is unchanged)"
+            self.state.run.message = line
+            self._report_error(line)
+            return
         self._run = None
         run.discard_files()
         self.state.run.running, self.state.run.progress = False, 1.0
         if run.batch is not None and run.committed:
             run.batch.finish()
             self._open_first_of(run)
-        problems = ([run.fatal] if run.fatal else []) + run.failures
-        if problems:
-            done = len(run.committed)
+        if run.failures:  # one report for the whole run (defect 8), not one per case
             summary = (
-                problems[0]
-                if whole_run_failed and len(problems) == 1
-                else f"{len(problems)} of {len(run.pending)} case(s) failed ({done} done): "
-                + "; ".join(problems)
+                f"{len(run.failures)} of {len(run.pending)} case(s) failed ({len(run.committed)} done): "
+                + "; ".join(run.failures)
             )
             self.state.run.message = summary
-            self._report_error(summary)  # one report for the whole run (defect 8), not one per case
+            self._report_error(summary)
             return
         warnings = "; ".join(w for w in run.warnings if w)
         self.state.run.message = "Done." + (f" {warnings}" if warnings else "")
