@@ -287,12 +287,13 @@ def test_segment_save_heads_writes_a_bundle_that_recombines(tmp_path, tiny_model
     sitk.WriteImage(image, str(source))
     out = tmp_path / "out"
     arguments = ["segment", source, "--model", tiny_model_file, "--out", out, "--device", "cpu"]
+    arguments += ["--window", "32,32,32"]
     result = run_cli(*arguments, "--save-heads", "--maps", "agreement,entropy", "--quiet")
     assert result.returncode == 0, result.stderr
     bundle = out / "patient03_heads.pt"
     report = json.loads((out / "patient03_report.json").read_text())
     assert report["outputs"]["heads"] == report["bundle"] == str(bundle)
-    predictor = Predictor(tiny_model_file, device="cpu")
+    predictor = Predictor(tiny_model_file, device="cpu", window_size=(32, 32, 32))
     read_back = sitk.ReadImage(str(source))
     loaded = load_bundle(bundle)
     assert loaded.source == str(source)

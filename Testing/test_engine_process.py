@@ -56,6 +56,7 @@ def test_a_child_run_streams_events_and_equals_the_in_process_engine(tmp_path, t
         head_range=(1, None),
         threshold=0.5,
         maps=("agreement", "entropy"),
+        window=(16, 32, 32),  # two windows per case: quick, and still blended
     )
     events = collect(process)
     assert process.returncode == 0
@@ -74,7 +75,7 @@ def test_a_child_run_streams_events_and_equals_the_in_process_engine(tmp_path, t
         "summary": str(process.output_dir / "summary.csv"),
     }
 
-    predictor = Predictor(tiny_model_file, device="cpu")
+    predictor = Predictor(tiny_model_file, device="cpu", window_size=(16, 32, 32))
     for done, source in zip([e for e in events if e["event"] == "case_done"], inputs, strict=True):
         assert done["input"] == str(source)
         for name in ("segmentation", "agreement", "entropy", "heads"):
