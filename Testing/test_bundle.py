@@ -84,6 +84,18 @@ def test_recombining_a_bundle_equals_a_fresh_prediction(saved_3d, predictor_3d, 
     assert_identical(recombined, fresh)
 
 
+def test_a_bundle_loads_straight_into_another_head_range_threshold_and_maps(saved_3d, predictor_3d):
+    image, _, path = saved_3d
+    loaded = load_bundle(path, head_range=(2, None), threshold=0.25, maps="variance")
+    fresh = predictor_3d.predict(image, head_range=(2, 6), threshold=0.25, maps=("variance",))
+    assert_identical(loaded, fresh)
+    assert loaded.threshold_source == "argument"
+    with pytest.raises(InputError, match=r"oblique_heads\.pt: head range 4:9"):
+        load_bundle(path, head_range=(4, 9))
+    with pytest.raises(InputError, match="threshold 1.5 must be in"):
+        load_bundle(path, threshold=1.5)
+
+
 def test_a_bundle_recombines_step_by_step_like_a_fresh_prediction(saved_3d, predictor_3d):
     """The incremental (add one head, drop one head) path from a bundle ends where a fresh pass does."""
     image, _, path = saved_3d
