@@ -241,6 +241,13 @@ def _damaged_bundles(good, folder):
     payload = torch.load(good, weights_only=True)
     torch.save({**payload, "document": payload["document"].replace('"head_range"', '"head_rang"')}, broken)
     files["no_head_range"] = broken.read_bytes()
+    document = json.loads(payload["document"])
+    document["network"]["reference"]["size"][0] += 1
+    torch.save({**payload, "document": json.dumps(document)}, broken)
+    files["other_geometry"] = broken.read_bytes()
+    document["stream"]["dtype"] = "load"
+    torch.save({**payload, "document": json.dumps(document)}, broken)
+    files["unknown_dtype"] = broken.read_bytes()
     return files
 
 

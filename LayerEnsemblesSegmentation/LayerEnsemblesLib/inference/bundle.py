@@ -45,6 +45,7 @@ from .results import (
 BUNDLE_FORMAT = "layer-ensembles-heads"
 BUNDLE_VERSION = 1
 BUNDLE_SUFFIX = "_heads.pt"
+LOGIT_DTYPES = {"float32": torch.float32, "float64": torch.float64}  # what the engine's heads are computed in
 
 
 def save_bundle(prediction: Prediction, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -183,16 +184,23 @@ def _session(
     device: torch.device,
 ) -> InferenceSession:
     stream_info = document["stream"]
-    dtype = getattr(torch, stream_info["dtype"])
+    dtype = LOGIT_DTYPES[stream_info["dtype"]]
     full_shape = [int(s) for s in stream_info["full_shape"]]
     num_classes = int(stream_info["num_classes"])
     members = list(document["member_names"])
-    if num_classes != metadata.num_classes or len(members) != len(logits):
-        raise InputError(f"{path}: damaged results bundle (classes or members do not match the head outputs)")
-    for tensor in logits:
-        if tensor.dim() != 4 or tensor.shape[0] != num_classes:
-            raise InputError(f"{path}: damaged results bundle (a head output of shape {list(tensor.shape)})")
     crop = tuple(slice(int(a), int(b)) for a, b in stream_info["crop"])
+    cropped = [len(range(size)[part]) for part, size in zip(crop, full_shape, strict=True)]
+    problem = None
+    if num_classes != metadata.num_classes or len(members) != len(logits):
+        problem = "classes or members do not match the head outputs"
+    elif any(t.dim() != 4 or t.shape[0] != num_classes for t in logits):
+        problem = f"head outputs of shapes {[list(t.shape) for t in logits]}"
+    elif any(not 0 < d <= f or f % d for t in logits for d, f in zip(t.shape[1:], full_shape, strict=True)):
+        problem = f"head outputs do not divide the network shape {full_shape}"
+    elif [int(s) for s in document["network"]["reference"]["size"]] != cropped[::-1]:
+        problem = "the network geometry does not match the head outputs"
+    if problem:
+        raise InputError(f"{path}: damaged results bundle ({problem})")
     stream = HeadStream(
         [t.to(device=device, dtype=dtype) for t in logits],
         full_shape,
