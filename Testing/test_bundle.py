@@ -84,6 +84,18 @@ def test_recombining_a_bundle_equals_a_fresh_prediction(saved_3d, predictor_3d, 
     assert_identical(recombined, fresh)
 
 
+def test_a_bundle_loads_straight_into_another_head_range_threshold_and_maps(saved_3d, predictor_3d):
+    image, _, path = saved_3d
+    loaded = load_bundle(path, head_range=(2, None), threshold=0.25, maps="variance")
+    fresh = predictor_3d.predict(image, head_range=(2, 6), threshold=0.25, maps=("variance",))
+    assert_identical(loaded, fresh)
+    assert loaded.threshold_source == "argument"
+    with pytest.raises(InputError, match=r"oblique_heads\.pt: head range 4:9"):
+        load_bundle(path, head_range=(4, 9))
+    with pytest.raises(InputError, match="threshold 1.5 must be in"):
+        load_bundle(path, threshold=1.5)
+
+
 def test_a_bundle_recombines_step_by_step_like_a_fresh_prediction(saved_3d, predictor_3d):
     """The incremental (add one head, drop one head) path from a bundle ends where a fresh pass does."""
     image, _, path = saved_3d
@@ -229,6 +241,13 @@ def _damaged_bundles(good, folder):
     payload = torch.load(good, weights_only=True)
     torch.save({**payload, "document": payload["document"].replace('"head_range"', '"head_rang"')}, broken)
     files["no_head_range"] = broken.read_bytes()
+    document = json.loads(payload["document"])
+    document["network"]["reference"]["size"][0] += 1
+    torch.save({**payload, "document": json.dumps(document)}, broken)
+    files["other_geometry"] = broken.read_bytes()
+    document["stream"]["dtype"] = "load"
+    torch.save({**payload, "document": json.dumps(document)}, broken)
+    files["unknown_dtype"] = broken.read_bytes()
     return files
 
 
@@ -287,12 +306,13 @@ def test_segment_save_heads_writes_a_bundle_that_recombines(tmp_path, tiny_model
     sitk.WriteImage(image, str(source))
     out = tmp_path / "out"
     arguments = ["segment", source, "--model", tiny_model_file, "--out", out, "--device", "cpu"]
+    arguments += ["--window", "32,32,32"]
     result = run_cli(*arguments, "--save-heads", "--maps", "agreement,entropy", "--quiet")
     assert result.returncode == 0, result.stderr
     bundle = out / "patient03_heads.pt"
     report = json.loads((out / "patient03_report.json").read_text())
     assert report["outputs"]["heads"] == report["bundle"] == str(bundle)
-    predictor = Predictor(tiny_model_file, device="cpu")
+    predictor = Predictor(tiny_model_file, device="cpu", window_size=(32, 32, 32))
     read_back = sitk.ReadImage(str(source))
     loaded = load_bundle(bundle)
     assert loaded.source == str(source)

@@ -46,7 +46,7 @@ def array_of(image: sitk.Image) -> np.ndarray:
 def test_a_child_run_streams_events_and_equals_the_in_process_engine(tmp_path, tiny_model_file):
     inputs = []
     for index, suffix in enumerate((".nii.gz", ".nrrd")):
-        path = tmp_path / f"case{index}{suffix}"
+        path = tmp_path / f"-case{index}{suffix}"  # named like an option: still an input
         sitk.WriteImage(oblique_volume(seed=index), str(path))
         inputs.append(path)
     process = EngineProcess(
@@ -56,6 +56,7 @@ def test_a_child_run_streams_events_and_equals_the_in_process_engine(tmp_path, t
         head_range=(1, None),
         threshold=0.5,
         maps=("agreement", "entropy"),
+        window=(16, 32, 32),  # two windows per case: quick, and still blended
     )
     events = collect(process)
     assert process.returncode == 0
@@ -65,7 +66,7 @@ def test_a_child_run_streams_events_and_equals_the_in_process_engine(tmp_path, t
     assert events[0]["cases"] == 2 and events[0]["device"] == "cpu" and events[0]["pid"] == process.pid
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and [e["overall"] for e in progress] == sorted(e["overall"] for e in progress)
-    assert {e["case"] for e in progress} == {"case0", "case1"} and progress[-1]["overall"] == 1.0
+    assert {e["case"] for e in progress} == {"-case0", "-case1"} and progress[-1]["overall"] == 1.0
     assert any(e["message"].startswith("window") for e in progress)
     assert events[-1] == {
         "event": "finished",
@@ -74,7 +75,7 @@ def test_a_child_run_streams_events_and_equals_the_in_process_engine(tmp_path, t
         "summary": str(process.output_dir / "summary.csv"),
     }
 
-    predictor = Predictor(tiny_model_file, device="cpu")
+    predictor = Predictor(tiny_model_file, device="cpu", window_size=(16, 32, 32))
     for done, source in zip([e for e in events if e["event"] == "case_done"], inputs, strict=True):
         assert done["input"] == str(source)
         for name in ("segmentation", "agreement", "entropy", "heads"):
