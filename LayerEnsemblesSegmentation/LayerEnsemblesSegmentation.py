@@ -20,7 +20,7 @@ import qt
 import slicer
 import vtk
 from LayerEnsemblesLib.review.controller import ReviewController
-from LayerEnsemblesLib.review.models import DEMO_MODEL, stored_model_path
+from LayerEnsemblesLib.review.models import DEMO_MODEL, resolve_model_path, stored_model_path
 from LayerEnsemblesLib.scene import SceneContext, runtime
 from LayerEnsemblesLib.scene.heatmaps import module_volume_ids
 from LayerEnsemblesLib.scene.plots import agreement_plot_view
@@ -195,6 +195,7 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterChanged)
             self.onParameterChanged()
+            self.onStateChanged(self.controller.state)  # connecting reset the range widget's bounds
 
     # -- panel -> controller ---------------------------------------------------------------------------
 
@@ -340,12 +341,9 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
             self.ui.statusLabel.text = state.status
             self.ui.progressBar.setVisible(state.run.running)
             self.ui.cancelButton.setEnabled(state.run.running)
+            modelPath = resolve_model_path(self._parameterNode.modelPath) if self._parameterNode else ""
             self.ui.modelSummaryText.plainText = (
-                state.model.summary
-                if state.model
-                else runtime.model_summary(self._parameterNode.modelPath if self._parameterNode else "")[
-                    "text"
-                ]
+                state.model.summary if state.model else runtime.model_summary(modelPath)["text"]
             )
             self.ui.deviceInfoLabel.text = state.torch_summary
             if state.model is not None:
