@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -168,6 +169,26 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def zip_output(write: Callable[[Path], None]) -> Output:
+    """A writer of one's own that makes a zip file (``torch.save``): verified by the zip's checksums."""
+    return Output(write, _verify_zip)
+
+
+def _verify_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise OSError(f"the written archive does not read back ({error})") from None
+    if damaged is not None:
+        raise OSError(f"the written archive does not read back ({damaged} fails its checksum)")
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Run ``write(temporary_path)`` for a zip writer (``torch.save``), verify it, rename it into place."""
+    return _atomic_write(Path(path), zip_output(write), overwrite)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
