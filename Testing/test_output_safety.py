@@ -128,3 +128,18 @@ def test_segment_on_a_full_disk_keeps_the_previous_case_intact(tmp_path, small_d
     )  # fmt: skip
     assert result.returncode == 2 and "disk full" in result.stderr
     assert list(fresh.iterdir()) == []  # no report of an incomplete case, no stray file
+
+
+def test_a_torch_archive_that_does_not_fit_is_refused(small_disk):
+    import torch
+    from LayerEnsemblesLib.fileio import write_outputs, zip_output
+
+    disk = small_disk(64 * 1024)
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:
+            torch.save({"logits": torch.rand(64, 64, 16)}, handle)  # 256 kB
+
+    with pytest.raises(InputError, match="disk full"):
+        write_outputs([(disk / "case_heads.pt", zip_output(write))])
+    assert list(disk.iterdir()) == []
