@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import ModelMetadata
+from .contract import ModelMetadata, channel_normalizations
 from .errors import InputError
 
 MAX_ANISOTROPY = 6.0
@@ -110,6 +110,11 @@ def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
     if method == "ct_window":
         center, width = float(normalization["center"]), float(normalization["width"])
         return np.clip((array - center) / (width / 2.0), -1.0, 1.0).astype(np.float32)
+    if method == "clip_zscore":  # fixed dataset statistics (nnU-Net's CTNormalization)
+        clipped = np.clip(array, float(normalization["lower"]), float(normalization["upper"]))
+        return ((clipped - float(normalization["mean"])) / max(float(normalization["std"]), 1e-8)).astype(
+            np.float32
+        )
     if method == "percentile_zscore":
         low, high = np.percentile(array, [normalization.get("lower", 0.5), normalization.get("upper", 99.5)])
         array = np.clip(array, low, high)
@@ -153,7 +158,8 @@ def to_network_space(
             f"{source}: volume of {array.shape[1:]} voxels (z, y, x) in network space is smaller "
             f"than the network's size divisor {divisor}"
         )
-    channels = [normalize(c, metadata.normalization) for c in array]
+    settings = channel_normalizations(metadata.normalization, len(array))
+    channels = [normalize(c, s) for c, s in zip(array, settings, strict=True)]
     pads = padding_for(array.shape[1:], divisor)
     padded = np.stack([np.pad(c, pads, mode="constant", constant_values=float(c.min())) for c in channels])
     return padded.astype(np.float32, copy=False), NetworkGeometry(image, pads, padded.shape[1:])
