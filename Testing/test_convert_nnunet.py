@@ -145,10 +145,10 @@ def test_final_head_reproduces_nnunet_predictor(fold0, shape):
     assert agreement >= 0.995, agreement
     assert len(np.unique(theirs_segmentation)) >= 2  # a real segmentation, not a constant
     difference = np.abs(ours - theirs)
-    if shape == (32, 32, 24):  # one window, same tiling: only float rounding differs
+    if shape == (32, 32, 24):  # one window: only rounding differs (nnU-Net keeps logits in float16)
         assert difference.max() < 1e-3, difference.max()
-    else:  # the same three windows; the Gaussian weights differ slightly (see docs/nnunet.md)
-        assert np.percentile(difference, 99) < 1e-2, np.percentile(difference, 99)
+    else:  # the same three windows; nnU-Net's Gaussian is centred half a voxel off (see docs/nnunet.md)
+        assert np.percentile(difference, 99) < 1e-3, np.percentile(difference, 99)
 
 
 def test_checkpoint_loads_with_weights_only_and_a_numpy_allow_list():

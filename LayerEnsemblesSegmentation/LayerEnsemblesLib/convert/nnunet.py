@@ -158,9 +158,9 @@ def resolve_folds(model: NnunetModel, folds: list[str], checkpoint: str) -> list
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)``, allowing numpy scalars and dtypes only (the log pickles them)."""
-    import numpy.core.multiarray as multiarray  # noqa: PLC0415 - the pickled name nnU-Net's numpy writes
-
-    safe: list[Any] = [getattr(multiarray, n) for n in NUMPY_SAFE_NAMES if hasattr(multiarray, n)]
+    # numpy >= 2 pickles numpy._core.multiarray.scalar (numpy.core before); both are the same function
+    multiarray = getattr(np, "_core", None) or np.core
+    safe: list[Any] = [getattr(multiarray.multiarray, n) for n in NUMPY_SAFE_NAMES]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
     try:
         with torch.serialization.safe_globals(safe):
@@ -412,7 +412,7 @@ def _wrap(
 
 def _classes(dataset: dict[str, Any], labels: Any, source: str) -> list[ClassInfo]:
     names = {int(v): k for k, v in dataset["labels"].items() if k != "ignore"}
-    values = [v for v in labels.all_labels if v != labels.ignore_label]
+    values = [int(v) for v in labels.all_labels if v != labels.ignore_label]
     if values != list(range(len(values))):
         raise InputError(f"{source}: label values {values} are not consecutive from 0 as nnU-Net requires")
     return [ClassInfo(names[v], v, list(DEFAULT_COLORS[v % len(DEFAULT_COLORS)])) for v in values]
