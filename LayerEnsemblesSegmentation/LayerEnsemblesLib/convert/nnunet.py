@@ -25,6 +25,7 @@ import importlib
 import io
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -337,6 +338,8 @@ def convert_nnunet(
         network, plans_manager, config = build_network(model, state, str(path))
         heads, fold_metadata, second_shape = _wrap(network, plans_manager, config, model, str(path))
         fold_metadata.provenance.update(_provenance(model, fold, checkpoint, state))
+        for note in fold_metadata.provenance.get("not_reproduced", []) if not members else []:
+            warnings.warn(f"{model.folder}: not reproduced: {note}", RuntimeWarning, stacklevel=2)
         members.append(heads)
         metadata = metadata or fold_metadata
     assert metadata is not None and second_shape is not None
