@@ -134,6 +134,8 @@ def test_a_per_channel_model_segments(tmp_path):
     from LayerEnsemblesLib.contract import export_model
 
     path = export_model(TwoChannel(), per_channel_metadata(), tmp_path / "two.pt")
-    image = sitk.Compose([sitk.GetImageFromArray(np.random.default_rng(i).normal(size=(8, 8, 8))) for i in (1, 2)])
+    image = sitk.Compose(
+        [sitk.GetImageFromArray(np.random.default_rng(i).normal(size=(8, 8, 8))) for i in (1, 2)]
+    )
     prediction = Predictor(path, device="cpu").predict(image, maps=None)
     assert prediction.segmentation.GetSize() == (8, 8, 8)
