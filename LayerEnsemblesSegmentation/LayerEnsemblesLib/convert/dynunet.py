@@ -28,7 +28,6 @@ order, ``target_spacing`` always (x, y, z) in mm. monai is imported only here, l
 from __future__ import annotations
 
 import datetime
-import json
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,15 @@ from torch import nn
 from .. import __version__
 from ..contract import DEFAULT_COLORS, ClassInfo, ModelMetadata, default_classes
 from ..errors import InputError, first_line
+from ..fileio import read_json_object
 from .heads import DecoderHeads, export_checked, isotropic_strides, probe_strides
 
 STATE_DICT_KEYS = ("state_dict", "model", "network_weights", "model_state_dict")
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: network description not found")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("dynunet"), dict):
+    config = read_json_object(path, "network description not found")
+    if not isinstance(config.get("dynunet"), dict):
         raise InputError(f'{path}: no "dynunet" object with the DynUNet constructor arguments')
     arguments = config["dynunet"]
     if not arguments.get("deep_supervision") or int(arguments.get("deep_supr_num", 0)) < 1:

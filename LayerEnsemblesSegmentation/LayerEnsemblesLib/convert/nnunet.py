@@ -23,7 +23,6 @@ import contextlib
 import datetime
 import importlib
 import io
-import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from torch import nn
 from .. import __version__
 from ..contract import DEFAULT_COLORS, ClassInfo, ModelMetadata
 from ..errors import InputError, first_line
+from ..fileio import read_json_object
 from .heads import DecoderHeads, export_checked, export_fold_ensemble, isotropic_strides, probe_strides
 
 CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
@@ -96,8 +96,9 @@ def find_model_folder(results: str | Path, configuration: str | None) -> NnunetM
                     f"({', '.join(p.name for p in matching)}); give that model folder itself"
                 )
             folder = matching[0]
-    plans = _read_json(folder / "plans.json")
-    dataset = _read_json(folder / "dataset.json")
+    missing = "not found: not an nnU-Net model folder"
+    plans = read_json_object(folder / "plans.json", missing)
+    dataset = read_json_object(folder / "dataset.json", missing)
     match = MODEL_FOLDER.match(folder.name)
     trainer = match["trainer"] if match else "?"
     available = sorted(plans.get("configurations", {}))
@@ -116,18 +117,6 @@ def find_model_folder(results: str | Path, configuration: str | None) -> NnunetM
             f"{folder}: this folder holds configuration {match['configuration']!r}, not {configuration!r}"
         )
     return NnunetModel(folder, trainer, plans, dataset, configuration)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise InputError(f"{path.parent}: not an nnU-Net model folder (no {path.name})")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: not a JSON object")
-    return document
 
 
 def resolve_folds(model: NnunetModel, folds: list[str], checkpoint: str) -> list[str]:
