@@ -70,14 +70,18 @@ def monai_prediction(images: list[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
         )
     weights = compute_importance_map(config["patch_size"], mode="gaussian", sigma_scale=0.125).numpy()
     size = volume.shape[2:]
-    interval = _get_scan_interval(size, config["patch_size"], 3, (0.5,) * 3)
-    clamped = np.zeros(size, bool)
-    for window in dense_patch_slices(size, config["patch_size"], interval):
+    padded = [max(s, p) for s, p in zip(size, config["patch_size"], strict=True)]  # MONAI pads to roi_size
+    interval = _get_scan_interval(padded, config["patch_size"], 3, (0.5,) * 3)
+    clamped = np.zeros(padded, bool)
+    for window in dense_patch_slices(padded, config["patch_size"], interval):
         clamped[window] |= weights <= weights.min() * (1 + 1e-6)
-    return torch.softmax(logits[0], 0).numpy().transpose(0, 3, 2, 1), clamped.transpose(2, 1, 0)
+    crop = tuple(slice((p - s) // 2, (p - s) // 2 + s) for p, s in zip(padded, size, strict=True))
+    return torch.softmax(logits[0], 0).numpy().transpose(0, 3, 2, 1), clamped[crop].transpose(2, 1, 0)
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 24), (64, 32, 24)], ids=["one-window", "three-windows"])
+@pytest.mark.parametrize(
+    "shape", [(32, 32, 24), (64, 32, 24), (26, 28, 18)], ids=["one-window", "three-windows", "below-patch"]
+)
 def test_final_head_reproduces_sliding_window_inference(converted, shape):
     images, _ = make_case(100, shape)
     theirs, clamped = monai_prediction(images)

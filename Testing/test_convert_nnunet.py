@@ -136,7 +136,9 @@ def test_info_says_where_the_model_came_from(fold0):
     assert "nnUNetTrainer_1epoch" in result.stdout
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 24), (64, 32, 24)], ids=["one-window", "three-windows"])
+@pytest.mark.parametrize(
+    "shape", [(32, 32, 24), (64, 32, 24), (26, 28, 18)], ids=["one-window", "three-windows", "below-patch"]
+)
 def test_final_head_reproduces_nnunet_predictor(fold0, shape):
     images, _ = make_case(100, shape)
     theirs_segmentation, theirs = nnunet_prediction(["0"], images)
@@ -145,7 +147,7 @@ def test_final_head_reproduces_nnunet_predictor(fold0, shape):
     assert agreement >= 0.995, agreement
     assert len(np.unique(theirs_segmentation)) >= 2  # a real segmentation, not a constant
     difference = np.abs(ours - theirs)
-    if shape == (32, 32, 24):  # one window: only rounding differs (nnU-Net keeps logits in float16)
+    if shape != (64, 32, 24):  # one window: only rounding differs (nnU-Net keeps logits in float16)
         assert difference.max() < 1e-3, difference.max()
     else:  # the same three windows; nnU-Net's Gaussian is centred half a voxel off (see docs/nnunet.md)
         assert np.percentile(difference, 99) < 1e-3, np.percentile(difference, 99)

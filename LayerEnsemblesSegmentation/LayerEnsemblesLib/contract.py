@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,10 @@ class ModelMetadata:
     )
     patch_size: list[int] = field(default_factory=list)
     size_divisor: list[int] = field(default_factory=list)
+    # padding of the normalised input: at least to the patch size (as nnU-Net and MONAI do, so that a small
+    # image is never seen through a smaller window), and with this value instead of each channel's minimum
+    pad_to_patch: bool = False
+    pad_value: float | None = None
     aula_threshold: float | None = None
     kind: str = "layer_ensemble"
     members: int = 1
@@ -138,6 +143,12 @@ class ModelMetadata:
             len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
         ):
             problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
+        if not isinstance(self.pad_to_patch, bool):
+            problems.append("pad_to_patch must be true or false")
+        if self.pad_value is not None and (
+            not isinstance(self.pad_value, (int, float)) or not math.isfinite(self.pad_value)
+        ):
+            problems.append("pad_value must be null or a finite number")
         if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
             problems.append("aula_threshold must be in [0, 1]")
         if self.head_upsampling != HEAD_UPSAMPLING:

@@ -153,15 +153,25 @@ def to_network_space(
     array = array[None] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array, -1, 0)
     divisor = network_divisor(metadata)
     too_small = [a for a in range(3) if array.shape[1 + a] < divisor[a]]
-    if too_small:
+    if too_small and not metadata.pad_to_patch:
         raise InputError(
             f"{source}: volume of {array.shape[1:]} voxels (z, y, x) in network space is smaller "
             f"than the network's size divisor {divisor}"
         )
     settings = channel_normalizations(metadata.normalization, len(array))
     channels = [normalize(c, s) for c, s in zip(array, settings, strict=True)]
-    pads = padding_for(array.shape[1:], divisor)
-    padded = np.stack([np.pad(c, pads, mode="constant", constant_values=float(c.min())) for c in channels])
+    minimum = None
+    if metadata.pad_to_patch:  # as nnU-Net and MONAI's sliding window: never a window below the patch
+        minimum = list(metadata.patch_size) if metadata.spatial_dims == 3 else [1, *metadata.patch_size]
+    pads = padding_for(array.shape[1:], divisor, minimum)
+    padded = np.stack(
+        [
+            np.pad(
+                c, pads, constant_values=float(c.min()) if metadata.pad_value is None else metadata.pad_value
+            )
+            for c in channels
+        ]
+    )
     return padded.astype(np.float32, copy=False), NetworkGeometry(image, pads, padded.shape[1:])
 
 

@@ -143,6 +143,8 @@ def convert_dynunet(
         normalization=config.get("normalization", {"method": "zscore"}),
         patch_size=to_engine(patch),
         size_divisor=to_engine(divisor),
+        pad_to_patch=True,  # sliding_window_inference pads images smaller than roi_size with zeros
+        pad_value=0.0,
         name=name or config.get("name", "dynunet"),
         provenance={
             "converted_from": f"MONAI DynUNet {Path(checkpoint).name} with {Path(config_path).name}",

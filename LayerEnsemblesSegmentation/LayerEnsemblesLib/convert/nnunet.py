@@ -387,6 +387,8 @@ def _wrap(
         normalization=normalization,
         patch_size=[patch[a] for a in to_engine],
         size_divisor=[divisor_network[a] for a in to_engine],
+        pad_to_patch=True,  # nnU-Net pads images smaller than the patch, with zeros after normalisation
+        pad_value=0.0,
         provenance={"not_reproduced": notes} if notes else {},
     )
     if spatial_dims == 2:  # 2D configurations: in-plane spacing from the plans, slices kept as they are
