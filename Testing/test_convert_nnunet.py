@@ -247,3 +247,13 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     result = run_cli("convert", "nnunet", DATASET, "--configuration", "2d", "--out", tmp_path / "y.pt")
     assert result.returncode == 2 and len(error_lines(result.stderr)) == 1
+
+
+def test_best_checkpoint_of_another_fold(tmp_path):
+    if not MODEL.is_dir():
+        pytest.skip(f"fixture missing: {MODEL}")
+    path = convert_nnunet(MODEL, tmp_path / "best.pt", folds=["fold_0"], checkpoint="best")
+    provenance = read_metadata(path).provenance
+    assert provenance["checkpoint"] == "checkpoint_best.pth" and provenance["fold"] == "0"
+    with pytest.raises(InputError, match="no checkpoint_best.pth"):
+        convert_nnunet(MODEL, tmp_path / "best1.pt", folds=["1"], checkpoint="best")
