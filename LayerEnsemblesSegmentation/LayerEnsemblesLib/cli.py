@@ -16,6 +16,7 @@ from .errors import InputError
 COMMANDS = {
     "train": "LayerEnsemblesLib.commands.train",
     "export": "LayerEnsemblesLib.commands.export",
+    "convert": "LayerEnsemblesLib.commands.convert",
     "info": "LayerEnsemblesLib.commands.info",
     "segment": "LayerEnsemblesLib.commands.segment",
     "evaluate": "LayerEnsemblesLib.commands.evaluate",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,9 @@ METADATA_FILE = "layer_ensembles.json"
 FORMAT_NAME = "layer-ensembles-model"
 FORMAT_VERSION = 1
 MODEL_KINDS = ("layer_ensemble", "deep_ensemble", "mc_dropout")
-NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "none")
+NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "clip_zscore", "none")
+PER_CHANNEL = "per_channel"  # {"method": "per_channel", "channels": [one normalisation per input channel]}
+NORMALIZATION_FIELDS = {"ct_window": ("center", "width"), "clip_zscore": ("lower", "upper", "mean", "std")}
 HEAD_UPSAMPLING = "linear_align_corners_false"
 DEFAULT_COLORS = [
     (0, 0, 0),
@@ -62,6 +65,10 @@ class ModelMetadata:
     )
     patch_size: list[int] = field(default_factory=list)
     size_divisor: list[int] = field(default_factory=list)
+    # padding of the normalised input: at least to the patch size (as nnU-Net and MONAI do, so that a small
+    # image is never seen through a smaller window), and with this value instead of each channel's minimum
+    pad_to_patch: bool = False
+    pad_value: float | None = None
     aula_threshold: float | None = None
     kind: str = "layer_ensemble"
     members: int = 1
@@ -126,8 +133,7 @@ class ModelMetadata:
             )
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind {self.kind!r} is not one of {MODEL_KINDS}")
-        if self.normalization.get("method") not in NORMALIZATION_METHODS:
-            problems.append(f"normalization method must be one of {NORMALIZATION_METHODS}")
+        problems += normalization_problems(self.normalization, self.in_channels)
         for name in ("patch_size", "size_divisor"):
             value = getattr(self, name)
             if len(value) != self.spatial_dims or any(v < 1 for v in value):
@@ -136,12 +142,46 @@ class ModelMetadata:
             len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
         ):
             problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
+        if not isinstance(self.pad_to_patch, bool):
+            problems.append("pad_to_patch must be true or false")
+        if self.pad_value is not None and (
+            not isinstance(self.pad_value, (int, float)) or not math.isfinite(self.pad_value)
+        ):
+            problems.append("pad_value must be null or a finite number")
         if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
             problems.append("aula_threshold must be in [0, 1]")
         if self.head_upsampling != HEAD_UPSAMPLING:
             problems.append(f"head_upsampling {self.head_upsampling!r} is not supported")
         if problems:
             raise InputError(f"{source}: invalid metadata: {'; '.join(problems)}")
+
+
+def channel_normalizations(normalization: dict[str, Any], channels: int) -> list[dict[str, Any]]:
+    """One normalisation per input channel: the shared one repeated, or the per-channel list."""
+    if normalization.get("method") == PER_CHANNEL:
+        return list(normalization["channels"])
+    return [normalization] * channels
+
+
+def normalization_problems(normalization: dict[str, Any], channels: int) -> list[str]:
+    if not isinstance(normalization, dict):
+        return ["normalization must be an object"]
+    if normalization.get("method") == PER_CHANNEL:
+        entries = normalization.get("channels")
+        if not isinstance(entries, list) or len(entries) != channels:
+            return [f"per_channel normalization needs a list of {channels} channel normalization(s)"]
+    problems = []
+    for entry in channel_normalizations(normalization, channels):
+        method = entry.get("method") if isinstance(entry, dict) else None
+        if method not in NORMALIZATION_METHODS:
+            problems.append(f"normalization method must be one of {NORMALIZATION_METHODS} (or {PER_CHANNEL})")
+            continue
+        missing = [
+            k for k in NORMALIZATION_FIELDS.get(method, ()) if not isinstance(entry.get(k), (int, float))
+        ]
+        if missing:
+            problems.append(f"{method} normalization needs numbers {missing}")
+    return problems
 
 
 def default_classes(names: list[str]) -> list[ClassInfo]:

@@ -226,6 +226,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def read_json_object(path: str | Path, missing: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``missing`` says what the file was expected to be when it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {missing}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return document
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read any file SimpleITK reads, or a DICOM folder holding exactly one series."""
     path = Path(path)
