@@ -117,7 +117,7 @@ def test_stdout_of_segment_progress_json_is_only_json_lines(tmp_path, tiny_model
 
 
 def test_cuda_out_of_memory_style_fallbacks_arrive_as_warning_events(tmp_path):
-    model = export_intensity_model(tmp_path / "oom.pt", oom_above_voxels=5000)
+    model = export_intensity_model(tmp_path / "oom.pt", oom_above_voxels=20**3)  # export checks 20^3
     image, _ = sphere_image()
     source = tmp_path / "sphere.nii.gz"
     sitk.WriteImage(image, str(source))
