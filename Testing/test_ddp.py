@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import torch
-from conftest import MODULE_DIR
+from cli_runner import cli_environment
 from LayerEnsemblesLib.contract import load_model
 from training_data import write_blob_dataset
 
@@ -16,7 +15,7 @@ from training_data import write_blob_dataset
 def test_two_gloo_processes_train_and_only_rank_zero_writes(tmp_path):
     dataset = write_blob_dataset(tmp_path / "data", cases=6)
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR), "OMP_NUM_THREADS": "1"}
+    env = cli_environment()
     command = [
         sys.executable,
         "-m",

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from conftest import make_tiny_model
 from LayerEnsemblesLib.commands.demo import DEMO_MODEL, crop_around
 
@@ -15,24 +14,7 @@ pytest.importorskip("nilearn")
 
 
 def _run_demo(model, out, *extra):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "LayerEnsemblesLib.cli",
-            "demo",
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("demo", "--model", model, "--out", out, "--device", "cpu", *extra, timeout=600)
 
 
 def test_crop_is_centred_on_the_ras_point():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from conftest import make_tiny_model
 from LayerEnsemblesLib.cli import main
 from LayerEnsemblesLib.evaluation import baselines, metrics
@@ -17,12 +17,7 @@ from synthetic_dataset import write_synthetic_dataset
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "LayerEnsemblesLib.cli", "evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("evaluate", *args, timeout=600)
 
 
 def _rows(path):

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from engine_models import (
     error_lines,
     export_intensity_model,
     rotation,
-    run_cli,
     sphere_image,
     write_dicom_series,
 )

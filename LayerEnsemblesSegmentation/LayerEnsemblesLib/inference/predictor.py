@@ -30,8 +30,7 @@ from ..contract import ModelMetadata, load_model
 from ..devices import device_report, is_out_of_memory, release_cached_memory, resolve_device
 from ..errors import InputError
 from ..preprocessing import network_divisor, to_network_space
-from ..uncertainty import UNION
-from .reduction import MAX_KEPT_HEADS, HeadStream, reduction_bytes_per_voxel
+from .reduction import HeadStream, reduction_bytes_per_voxel
 from .results import (
     InferenceSession,
     Prediction,
@@ -67,7 +66,6 @@ class Predictor:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.module, self._metadata = load_model(self.model_path, self.device)
-        validate_for_inference(self._metadata, str(self.model_path))
         if window_size is not None and (len(window_size) != 3 or min(int(w) for w in window_size) < 1):
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
         if not 0.0 <= overlap < 1.0:
@@ -377,31 +375,6 @@ class Predictor:
             value = 4.0 * CPU_LIVE_TENSORS_PER_CHANNEL * max(int(stem), self._metadata.in_channels)
         self._bytes_per_voxel[key] = float(value)
         return float(value)
-
-
-def validate_for_inference(metadata: ModelMetadata, source: str) -> None:
-    """Checks beyond the contract's own validation that the engine relies on."""
-    problems = []
-    if max(c.value for c in metadata.classes) > 255 or min(c.value for c in metadata.classes) < 0:
-        problems.append("class values must be in 0..255 (segmentations are written as UInt8)")
-    if any(c.name == UNION and c.value != 0 for c in metadata.classes):
-        problems.append(f"a foreground class may not be named {UNION!r} (reserved for the union of classes)")
-    divisor = metadata.size_divisor
-    if any(d % s for s in metadata.head_strides for d in divisor):
-        problems.append(f"head strides {metadata.head_strides} must divide the size divisor {divisor}")
-    if metadata.kind in ("deep_ensemble", "mc_dropout") and any(s != 1 for s in metadata.head_strides):
-        problems.append(f"a {metadata.kind} model's outputs must all have stride 1")
-    if metadata.kind == "mc_dropout" and (metadata.num_heads != 1 or metadata.samples < 1):
-        problems.append("an mc_dropout model has one output and samples >= 1")
-    if metadata.kind == "deep_ensemble" and metadata.members not in (1, metadata.num_heads):
-        problems.append(
-            f"members ({metadata.members}) must equal the number of outputs ({metadata.num_heads})"
-        )
-    members = metadata.samples if metadata.kind == "mc_dropout" else metadata.num_heads
-    if members > MAX_KEPT_HEADS:
-        problems.append(f"at most {MAX_KEPT_HEADS} ensemble members are supported")
-    if problems:
-        raise InputError(f"{source}: cannot run this model: {'; '.join(problems)}")
 
 
 def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, source: str) -> sitk.Image:
