@@ -254,7 +254,8 @@ def test_an_inflating_metadata_document_is_refused_before_it_is_inflated(
     assert path.stat().st_size < tiny_model_file.stat().st_size + (1 << 20)  # small on disk
     for reader in (read_metadata, load_model):
         tracemalloc.start()
-        with pytest.raises(InputError, match=f"metadata document of .* bytes \\(the limit is {MAX_METADATA_BYTES}"):
+        expected = f"metadata document of .* bytes \\(the limit is {MAX_METADATA_BYTES}"
+        with pytest.raises(InputError, match=expected):
             reader(path)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()

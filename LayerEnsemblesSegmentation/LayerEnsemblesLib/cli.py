@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 import warnings
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False) or os.environ.get(DEBUG_VARIABLE))
     warnings.formatwarning = _one_line_warning  # formatting only: pytest still records them
+    previous_handler = _stop_on_sigterm()
     try:
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at exit
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except MemoryError:
         return _fail(
             "out of memory: use a smaller input, a smaller --window or --memory-budget", EXIT_BAD_INPUT
@@ -92,6 +97,25 @@ def main(argv: list[str] | None = None) -> int:
             f"command line (set {DEBUG_VARIABLE}=1 for the traceback)",
             EXIT_BUG,
         )
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C so every ``finally`` runs and temporary files are removed."""
+
+
+def _stop_on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (the default would kill the process mid-write)."""
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        return None
 
 
 def _fail(message: str, code: int) -> int:

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import InputError, first_line
 from ..fileio import atomic_write_image, atomic_write_json, atomic_write_text, read_image
+from .outputs import check_output_folder, check_targets, previous_outputs, remove_stale
 
 KNOWN_SUFFIXES = (
     ".nii.gz",
@@ -122,7 +123,17 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="output image format (default: keep the input's family, NIfTI otherwise)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (and remove the previous run's outputs of a case that this "
+        "run does not write again)",
+    )
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run inputs whose resampling to the model's spacing multiplies the voxels (refused by default)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-case lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
     parser.set_defaults(run=run)
@@ -135,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inputs = [Path(p) for p in args.inputs]
     summary_path = out / SUMMARY_NAME
-    if len(inputs) > 1 and summary_path.exists() and not args.overwrite:
-        raise InputError(f"{summary_path}: already exists (use --overwrite to replace it)")
+    check_output_folder(out)  # before the model loads: an unwritable --out must not cost any inference
+    if len(inputs) > 1:
+        check_targets([summary_path], args.overwrite)
     predictor = Predictor(
         args.model,
         device=args.device,
@@ -144,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         memory_budget_gb=args.memory_budget,
         mixed_precision=args.mixed_precision,
+        allow_large=args.allow_large,
     )
     # argument problems are the same for every case: report them once, before any work
     resolve_head_range(
@@ -224,10 +237,8 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
     if args.probabilities:
         targets["probabilities"] = out / f"{case}_probabilities{extension}"
     report_path = out / f"{case}_report.json"
-    if not args.overwrite:  # check every target first: a case either writes all its files or none
-        for target in [*targets.values(), report_path]:
-            if target.exists():
-                raise InputError(f"{target}: already exists (use --overwrite to replace it)")
+    check_targets([*targets.values(), report_path], args.overwrite)  # before this case's inference
+    previous = previous_outputs(report_path, case) if args.overwrite else []
     start = time.perf_counter()
     image = read_image(path)
     read_seconds = time.perf_counter() - start
@@ -252,6 +263,7 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
     report["timings"]["read"] = round(read_seconds, 4)
     report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
     atomic_write_json(report_path, report, overwrite=args.overwrite)
+    remove_stale(previous, targets.values())
     return report
 
 

@@ -30,6 +30,13 @@ from ..contract import ModelMetadata, load_model
 from ..devices import device_report, is_out_of_memory, release_cached_memory, resolve_device
 from ..errors import InputError
 from ..preprocessing import network_divisor, to_network_space
+from .guards import (
+    array_as_image,
+    check_float32_values,
+    check_geometry,
+    check_network_size,
+    check_window,
+)
 from .reduction import HeadStream, reduction_bytes_per_voxel
 from .results import (
     InferenceSession,
@@ -62,16 +69,20 @@ class Predictor:
         overlap: float = 0.5,
         memory_budget_gb: float | None = None,
         mixed_precision: bool = False,
+        allow_large: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.module, self._metadata = load_model(self.model_path, self.device)
         if window_size is not None and (len(window_size) != 3 or min(int(w) for w in window_size) < 1):
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
+        if window_size is not None:
+            check_window(window_size, network_divisor(self._metadata), f"{self.model_path.name}")
         if not 0.0 <= overlap < 1.0:
             raise InputError(f"overlap {overlap}: must be in [0, 1)")
-        if memory_budget_gb is not None and memory_budget_gb <= 0:
-            raise InputError(f"memory budget {memory_budget_gb} GB: must be positive")
+        if memory_budget_gb is not None and not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
+            raise InputError(f"memory budget {memory_budget_gb} GB: must be a positive number")
+        self.allow_large = bool(allow_large)
         self.window_size = tuple(int(w) for w in window_size) if window_size is not None else None
         self.overlap = float(overlap)
         self.memory_budget_gb = memory_budget_gb
@@ -123,6 +134,11 @@ class Predictor:
         report = progress or (lambda fraction, message: None)
         image = as_image(image, spacing, source)
         check_fits_model(image, metadata, source, str(self.model_path))
+        check_geometry(image, source)
+        check_float32_values(image, source)
+        if not self.allow_large:
+            per_voxel = self._accumulator_bytes((1,)) + 8 * metadata.in_channels  # + input and padded copy
+            check_network_size(image, metadata.target_spacing, per_voxel, self.memory_budget_gb, source)
         report(0.0, "preprocessing")
         array, geometry = to_network_space(image, metadata, source)
         timings = {"preprocess": time.perf_counter() - start}
@@ -383,17 +399,7 @@ def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, so
         if spacing is not None:
             raise InputError(f"{source}: spacing applies to numpy arrays; a SimpleITK image carries its own")
         return image
-    array = np.asarray(image)
-    if array.ndim not in (3, 4):
-        raise InputError(
-            f"{source}: an array of shape {array.shape}; expected (z, y, x) or (z, y, x, channels)"
-        )
-    result = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
-    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise InputError(f"{source}: spacing {spacing} must be three positive numbers (x, y, z in mm)")
-    result.SetSpacing(spacing)
-    return result
+    return array_as_image(image, spacing, source)
 
 
 def check_fits_model(image: sitk.Image, metadata: ModelMetadata, source: str, model: str) -> None:
