@@ -111,12 +111,14 @@ def test_calibration_ceiling_is_not_pushed_up_by_rounding():
 def test_qc_curve_breaks_ties_by_case_order_beyond_sixteen_cases():
     """Bug: an unstable sort in the QC curve (numpy's default quicksort reorders ties above 16 items)."""
     count = 40
-    uncertainty = np.repeat([2.0, 1.0], count // 2)  # two groups of 20 tied cases
+    uncertainty = np.random.default_rng(0).integers(0, 3, count).astype(float)  # three levels, many ties
     dice = np.tile([0.5, 0.9], count // 2)  # poor, good, poor, good, ... in case order
     curve = qc.qc_curve(uncertainty, dice, 0.8)
-    # stable order = case order: removing the first r cases removes ceil(r / 2) poor ones
+    # the definition: most uncertain first, ties in case order (Python's sort is guaranteed stable)
+    order = sorted(range(count), key=lambda i: -uncertainty[i])
+    poor_in_order = [dice[i] < 0.8 for i in order]
     removed = np.floor(count * qc.flagged_fractions() + 1e-9).astype(int)
-    expected = (count // 2 - (removed + 1) // 2) / count
+    expected = np.array([sum(poor_in_order[r:]) for r in removed]) / count
     np.testing.assert_array_equal(curve.remaining, expected)
 
 
