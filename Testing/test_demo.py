@@ -39,7 +39,10 @@ def test_demo_writes_both_hippocampi_and_reports(tmp_path):
         assert seg.GetSize() == crop.GetSize() == (36, 50, 36)
         assert seg.GetOrigin() == pytest.approx(crop.GetOrigin())
         report = json.loads((tmp_path / "out" / f"{case}_report.json").read_text())
-        assert report["decision"] in ("accepted", "flagged")
+        # the decision follows the rule from the reported score, threshold and empty flag
+        accepted = not report["aula"]["empty_foreground"] and report["score"] >= report["threshold"]
+        assert report["decision"] == ("accepted" if accepted else "flagged")
+        assert (report["threshold"], report["threshold_source"]) == (0.9, "default")
         assert f"{case}: AULA" in result.stdout
     assert (tmp_path / "out" / "summary.csv").is_file()
     # a second run refuses to overwrite without the flag, and leaves the outputs in place
