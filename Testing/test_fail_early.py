@@ -73,11 +73,17 @@ def test_read_only_out_is_refused_before_inference(tmp_path, small_image):
     _one_error_line(result, "cannot write outputs in this folder")
 
 
-def test_a_folder_where_an_output_file_belongs_fails_that_case_before_its_inference(
-    tmp_path, tiny_model_file, small_image
-):
+@pytest.fixture
+def second_image(tmp_path, small_image) -> Path:
     other = tmp_path / "case02.nii.gz"
     other.write_bytes(small_image.read_bytes())
+    return other
+
+
+def test_a_folder_where_an_output_file_belongs_fails_that_case_before_its_inference(
+    tmp_path, tiny_model_file, small_image, second_image
+):
+    other = second_image
     out = tmp_path / "out"
     (out / "case01_seg.nii.gz").mkdir(parents=True)
     result = run_cli(
@@ -100,13 +106,13 @@ def test_a_folder_where_an_output_file_belongs_fails_that_case_before_its_infere
 
 
 def test_a_folder_where_the_summary_belongs_is_refused_before_any_case(
-    tmp_path, tiny_model_file, small_image
+    tmp_path, tiny_model_file, small_image, second_image
 ):
-    other = tmp_path / "case02.nii.gz"
-    other.write_bytes(small_image.read_bytes())
     out = tmp_path / "out"
     (out / "summary.csv").mkdir(parents=True)
-    result = run_cli("segment", small_image, other, "--model", tiny_model_file, "--out", out, "--overwrite")
+    result = run_cli(
+        "segment", small_image, second_image, "--model", tiny_model_file, "--out", out, "--overwrite"
+    )
     _one_error_line(result, "summary.csv: a folder is in the way")
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]
 

@@ -15,9 +15,11 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from cli_runner import run_cli
+from conftest import make_tiny_model
 from LayerEnsemblesLib.contract import (
     MAX_METADATA_BYTES,
     METADATA_FILE,
@@ -271,3 +273,18 @@ def test_info_shows_exactly_the_metadata_inference_uses(tiny_model_file, tmp_pat
         == predictor.metadata
         == load_model(tiny_model_file)[1]
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"target_spacing": [1.0, NAN, 1.0]}, r"target_spacing\[1\] must be a positive finite number"),
+        ({"patch_size": [np.int64(16)] * 3}, "not JSON-serialisable"),
+        ({"orientation": "XYZ"}, "orientation must be null or a code"),
+    ],
+)
+def test_export_checks_with_the_same_validator_and_writes_nothing(tmp_path, overrides, message):
+    path = tmp_path / "model.pt"
+    with pytest.raises(InputError, match=message):
+        make_tiny_model(path, **overrides)
+    assert not path.exists()

@@ -99,7 +99,13 @@ class ModelMetadata:
 
     def validate(self, source: str = "metadata") -> None:
         """Reject documents a consumer could not apply, so errors surface at load time, not mid-run."""
-        check_document(json.loads(self.to_json()), source)
+        try:
+            document = json.loads(self.to_json())  # what a reader will see, NaN included
+        except (TypeError, ValueError) as error:  # e.g. numpy integers in a size list
+            raise InputError(
+                f"{source}: invalid metadata: not JSON-serialisable ({first_line(error)})"
+            ) from None
+        check_document(document, source)
 
 
 def default_classes(names: list[str]) -> list[ClassInfo]:
