@@ -179,6 +179,14 @@ def test_arrays_the_network_cannot_represent_get_one_line(predictor, label, make
     assert "\n" not in str(caught.value)
 
 
+def test_a_float64_file_that_is_constant_in_float32_is_refused_by_the_cli(tmp_path, tiny_model_file):
+    path = tmp_path / "offset.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(_volume(np.float64, 1e9, 1e-4)), str(path))
+    result = run_cli("segment", path, "--model", tiny_model_file, "--out", tmp_path / "out", "--quiet")
+    _one_error_line(result, f"{path}: the values (")
+    assert "in float32, the network's type" in result.stderr
+
+
 def test_a_sitk_image_with_nan_spacing_or_origin_is_refused(predictor):
     image = sphere_image(size=(16, 16, 16))[0]
     unspaced = sitk.Image(image)

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(len(inputs), enabled=not args.quiet)
     rows: list[dict[str, Any]] = []
     names = _case_names(inputs)
-    failures = 0
+    failures = bugs = 0  # bad input exits 2; an unexpected error (a bug) exits 1
     for path, case in zip(inputs, names, strict=False):
         try:
             if case is None:
@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
             if args.debug:
                 raise
             failures += 1
+            bugs += not isinstance(error, (OSError, MemoryError))  # a full disk is not a bug
             progress.error(
                 f"{path}: {type(error).__name__}: {first_line(error)}"
             )
@@ -203,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     if len(inputs) > 1:
         atomic_write_text(summary_path, _summary_csv(rows, predictor.metadata), overwrite=args.overwrite)
-    return 2 if failures else 0
+    return 1 if bugs else 2 if failures else 0
 
 
 def case_name(path: Path) -> str:
