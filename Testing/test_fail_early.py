@@ -50,24 +50,27 @@ def predictor(tiny_model_file) -> Predictor:
 # --- outputs that cannot be written are found before any inference --------------------------------
 
 
-def test_out_that_is_a_file_is_refused_before_the_model_is_even_read(tmp_path, small_image):
+def test_out_that_is_a_file_is_refused_before_any_case(tmp_path, tiny_model_file):
     out = tmp_path / "results"
     out.write_text("not a folder")
-    missing_model = tmp_path / "absent.pt"  # had inference come first, this would be the error
-    result = run_cli("segment", small_image, "--model", missing_model, "--out", out, "--quiet")
+    missing_input = tmp_path / "absent.nii.gz"  # had a case run first, this would be the error
+    result = run_cli("segment", missing_input, "--model", tiny_model_file, "--out", out, "--quiet")
     _one_error_line(result, f"{out}: --out must be a folder, but this is a file")
     below_a_file = out / "sub"
-    result = run_cli("segment", small_image, "--model", missing_model, "--out", below_a_file, "--quiet")
+    result = run_cli("segment", missing_input, "--model", tiny_model_file, "--out", below_a_file, "--quiet")
     _one_error_line(result, f"{below_a_file}: cannot write outputs in this folder")
+    assert "absent.nii.gz" not in result.stderr
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root writes into read-only folders")
-def test_read_only_out_is_refused_before_inference(tmp_path, small_image):
+def test_read_only_out_is_refused_before_inference(tmp_path, tiny_model_file):
     out = tmp_path / "locked"
     out.mkdir()
     out.chmod(0o555)
     try:
-        result = run_cli("segment", small_image, "--model", tmp_path / "absent.pt", "--out", out, "--quiet")
+        result = run_cli(
+            "segment", tmp_path / "absent.nii.gz", "--model", tiny_model_file, "--out", out, "--quiet"
+        )
     finally:
         out.chmod(0o755)
     _one_error_line(result, "cannot write outputs in this folder")

@@ -146,9 +146,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     inputs = [Path(p) for p in args.inputs]
     summary_path = out / SUMMARY_NAME
-    check_output_folder(out)  # before the model loads: an unwritable --out must not cost any inference
-    if len(inputs) > 1:
-        check_targets([summary_path], args.overwrite)
     predictor = Predictor(
         args.model,
         device=args.device,
@@ -163,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         len(predictor.member_names), predictor.metadata.skip_heads, args.skip_heads, args.heads, args.model
     )
     resolve_threshold(args.threshold, predictor.metadata, args.model)
+    check_output_folder(out)  # before any case: an unwritable --out must not cost any inference
+    if len(inputs) > 1:
+        check_targets([summary_path], args.overwrite)
 
     progress = _Progress(len(inputs), enabled=not args.quiet)
     rows: list[dict[str, Any]] = []
