@@ -26,14 +26,18 @@ def check_output_folder(out: Path) -> None:
     """Create ``out`` if needed and prove that files can be written and renamed in it."""
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: --out must be a folder, but this is a file")
+    probe = None
     try:
         out.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(prefix=".layer-ensembles-probe.", dir=out)
         os.close(handle)
-        os.replace(probe, probe + ".renamed")
-        os.unlink(probe + ".renamed")
+        os.replace(probe, probe + ".renamed")  # outputs are renamed into place: that must work too
+        probe += ".renamed"
     except OSError as error:
         raise InputError(f"{out}: cannot write outputs in this folder ({error.strerror or error})") from None
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.unlink(probe)
 
 
 def check_targets(targets: Iterable[Path], overwrite: bool) -> None:
