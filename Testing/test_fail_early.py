@@ -338,6 +338,29 @@ def test_a_closed_pipe_ends_quietly(tiny_model_file):
         assert done.stderr == "" and done.returncode == cli.EXIT_BROKEN_PIPE, done.stderr
 
 
+def _commands_with_bad_input(folder: Path, model: Path) -> list[tuple[list, str]]:
+    (folder / "list.json").write_text("[1, 2]")
+    (folder / "notes.csv").write_text("a,b\n1,2\n")
+    return [
+        (["info", folder], f"{folder}: model file not found"),
+        (["export", folder], "not a training run folder"),
+        (["evaluate", "--report-only", folder / "notes.csv"], "no cases.csv"),
+        (["evaluate", "--model", f"LE={model}", "--dataset", folder / "list.json", "--out", folder / "o"],
+         "malformed dataset.json"),
+        (["train", "--dataset", folder / "list.json", "--out", folder / "run"], "malformed dataset.json"),
+        (["segment", folder / "notes.csv", "--model", model, "--out", folder / "s", "--quiet"],
+         "unreadable or truncated image"),
+        (["calibrate", "--model", model, "--from-csv", folder / "notes.csv", "--target-dice", "0.8",
+          "--sensitivity", "0.9"], "no column 'method'"),
+        (["demo", "--model", folder, "--out", folder / "d"], "demo model not found"),
+    ]  # fmt: skip
+
+
+def test_every_command_answers_bad_input_with_one_line_and_exit_2(tmp_path, tiny_model_file):
+    for arguments, fragment in _commands_with_bad_input(tmp_path, tiny_model_file):
+        _one_error_line(run_cli(*arguments), fragment)
+
+
 def test_an_os_error_is_one_line_with_exit_2(tmp_path, tiny_model_file):
     blocker = tmp_path / "file"
     blocker.write_text("x")
