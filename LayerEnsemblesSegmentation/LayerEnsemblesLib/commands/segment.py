@@ -189,9 +189,7 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failures += 1
             bugs += not isinstance(error, (OSError, MemoryError))  # a full disk is not a bug
-            progress.error(
-                f"{path}: {type(error).__name__}: {first_line(error)}"
-            )
+            progress.error(f"{path}: {type(error).__name__}: {first_line(error)}")
             rows.append(
                 {
                     "case": case or path.name,
