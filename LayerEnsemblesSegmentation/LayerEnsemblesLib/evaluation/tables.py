@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import InputError
 
-TEXT_COLUMNS = frozenset({"method", "kind", "case", "condition", "shift", "device"})
+TEXT_COLUMNS = frozenset({"method", "kind", "case", "condition", "shift", "device", "error"})
 INTEGER_COLUMNS = ("severity", "skip_heads", "kept_heads")  # kept integral so a resumed file stays uniform
 
 
