@@ -314,7 +314,7 @@ def test_report_only_checks_its_inputs(tmp_path):
     (folder / "run.json").write_text('{"methods": ')
     _one_error_line(run_cli("evaluate", "--report-only", folder), "run.json: not valid JSON")
     (folder / "run.json").write_text("[1, 2]")
-    _one_error_line(run_cli("evaluate", "--report-only", folder), "run.json: expected a JSON object")
+    _one_error_line(run_cli("evaluate", "--report-only", folder), "run.json: not a JSON object")
     _write_csv(
         folder / "heads.csv", ["method", "condition", "skip_heads", "dice_mean"], [["LE", "clean", "", 0.8]]
     )

@@ -19,6 +19,7 @@ from .errors import InputError, first_line
 COMMANDS = {
     "train": "LayerEnsemblesLib.commands.train",
     "export": "LayerEnsemblesLib.commands.export",
+    "convert": "LayerEnsemblesLib.commands.convert",
     "info": "LayerEnsemblesLib.commands.info",
     "segment": "LayerEnsemblesLib.commands.segment",
     "evaluate": "LayerEnsemblesLib.commands.evaluate",

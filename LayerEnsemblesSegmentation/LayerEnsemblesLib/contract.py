@@ -20,7 +20,7 @@ import torch
 
 from .errors import InputError, first_line
 from .fileio import atomic_write_bytes
-from .metadata_schema import FORMAT_NAME, FORMAT_VERSION, HEAD_UPSAMPLING, check_document
+from .metadata_schema import FORMAT_NAME, FORMAT_VERSION, HEAD_UPSAMPLING, PER_CHANNEL, check_document
 
 METADATA_FILE = "layer_ensembles.json"
 MAX_METADATA_BYTES = 1 << 20  # the shipped model's document is 2.4 kB; anything near this is not metadata
@@ -60,6 +60,10 @@ class ModelMetadata:
     )
     patch_size: list[int] = field(default_factory=list)
     size_divisor: list[int] = field(default_factory=list)
+    # padding of the normalised input: at least to the patch size (as nnU-Net and MONAI do, so that a small
+    # image is never seen through a smaller window), and with this value instead of each channel's minimum
+    pad_to_patch: bool = False
+    pad_value: float | None = None
     aula_threshold: float | None = None
     kind: str = "layer_ensemble"
     members: int = 1
@@ -106,6 +110,13 @@ class ModelMetadata:
                 f"{source}: invalid metadata: not JSON-serialisable ({first_line(error)})"
             ) from None
         check_document(document, source)
+
+
+def channel_normalizations(normalization: dict[str, Any], channels: int) -> list[dict[str, Any]]:
+    """One normalisation per input channel: the shared one repeated, or the per-channel list."""
+    if normalization.get("method") == PER_CHANNEL:
+        return list(normalization["channels"])
+    return [normalization] * channels
 
 
 def default_classes(names: list[str]) -> list[ClassInfo]:

@@ -9,7 +9,6 @@ user can fix are raised as one-line :class:`InputError` messages that name the f
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from collections import Counter
@@ -23,7 +22,7 @@ import torch
 
 from .contract import ModelMetadata
 from .errors import InputError
-from .fileio import read_image
+from .fileio import read_image, read_json_object
 from .preprocessing import label_to_network_space, to_network_space
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
@@ -79,14 +78,7 @@ def case_id_from_path(path: Path) -> str:
 def read_dataset_json(path: str | Path) -> DatasetSource:
     """An MSD ``dataset.json``: ``labels`` maps values to names, ``training`` lists image/label pairs."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: dataset.json not found")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: malformed dataset.json (expected a JSON object)")
+    document = read_json_object(path, "dataset.json not found")
     labels, training = document.get("labels"), document.get("training")
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{path}: malformed dataset.json (no 'labels' object mapping values to names)")

@@ -49,6 +49,11 @@ def _current_umask() -> int:
     return mask
 
 
+def atomic_write_with(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Run ``write(temporary_path)`` for a writer of one's own (``torch.save``), then rename into place."""
+    return _atomic_write(Path(path), write, overwrite)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
     return _atomic_write(Path(path), lambda t: t.write_bytes(data), overwrite)
 
@@ -75,6 +80,20 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def read_json_object(path: str | Path, missing: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``missing`` says what the file was expected to be when it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {missing}")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: not a JSON object")
+    return document
 
 
 def read_image(path: str | Path) -> sitk.Image:

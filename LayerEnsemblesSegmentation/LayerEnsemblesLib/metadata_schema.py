@@ -22,7 +22,8 @@ from .errors import InputError
 FORMAT_NAME = "layer-ensembles-model"
 FORMAT_VERSION = 1
 MODEL_KINDS = ("layer_ensemble", "deep_ensemble", "mc_dropout")
-NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "none")
+NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "clip_zscore", "none")
+PER_CHANNEL = "per_channel"  # {"method": "per_channel", "channels": [one normalisation per input channel]}
 HEAD_UPSAMPLING = "linear_align_corners_false"
 UNION_NAME = "union"  # the reports' name for the union of the foreground classes
 MAX_ENSEMBLE_MEMBERS = 127  # the reduction's int32 fixed-point sums stay exact up to 127 members
@@ -92,7 +93,23 @@ def _check_fields(document: dict[str, Any], problems: _Problems) -> None:
     _check_heads(document, kind, divisor, problems)
     _check_spacing(get("target_spacing"), problems)
     _check_orientation(get("orientation"), problems)
-    _check_normalization(get("normalization", {"method": "percentile_zscore"}), problems)
+    normalization = get("normalization", {"method": "percentile_zscore"})
+    if isinstance(normalization, dict) and normalization.get("method") == PER_CHANNEL:
+        entries = normalization.get("channels")
+        if not isinstance(entries, list) or (_is_int(channels) and len(entries) != channels):
+            problems.add(
+                "normalization.channels", f"must list one normalization per input channel ({channels})"
+            )
+        else:
+            for index, entry in enumerate(entries):
+                _check_normalization(entry, problems, f"normalization.channels[{index}]")
+    else:
+        _check_normalization(normalization, problems)
+    if not isinstance(get("pad_to_patch", False), bool):
+        problems.add("pad_to_patch", f"must be true or false, not {_show(get('pad_to_patch'))}")
+    pad_value = get("pad_value")
+    if pad_value is not None and not _is_number(pad_value):
+        problems.add("pad_value", f"must be null or a finite number, not {_show(pad_value)}")
     threshold = get("aula_threshold")
     if threshold is not None and (not _is_number(threshold) or not 0 <= threshold <= 1):
         problems.add("aula_threshold", f"must be null or a number in [0, 1], not {_show(threshold)}")
@@ -238,32 +255,38 @@ def _check_orientation(orientation: Any, problems: _Problems) -> None:
         )
 
 
-def _check_normalization(normalization: Any, problems: _Problems) -> None:
+def _check_normalization(normalization: Any, problems: _Problems, field: str = "normalization") -> None:
     if not isinstance(normalization, dict):
-        problems.add("normalization", f"must be an object with a method, not {_kind(normalization)}")
+        problems.add(field, f"must be an object with a method, not {_kind(normalization)}")
         return
     method = normalization.get("method")
     if method not in NORMALIZATION_METHODS:
-        problems.add(
-            "normalization.method", f"{_show(method)} must be one of {', '.join(NORMALIZATION_METHODS)}"
+        known = ", ".join(
+            (*NORMALIZATION_METHODS, PER_CHANNEL) if field == "normalization" else NORMALIZATION_METHODS
         )
+        problems.add(f"{field}.method", f"{_show(method)} must be one of {known}")
         return
     if method == "percentile_zscore":
         lower, upper = normalization.get("lower", 0.5), normalization.get("upper", 99.5)
-        for field, value in (("lower", lower), ("upper", upper)):
+        for name, value in (("lower", lower), ("upper", upper)):
             if not _is_number(value) or not 0 <= value <= 100:
-                problems.add(
-                    f"normalization.{field}", f"must be a percentile in [0, 100], not {_show(value)}"
-                )
+                problems.add(f"{field}.{name}", f"must be a percentile in [0, 100], not {_show(value)}")
                 return
         if lower >= upper:
-            problems.add("normalization", f"lower percentile {lower} must be below upper {upper}")
+            problems.add(field, f"lower percentile {lower} must be below upper {upper}")
     elif method == "ct_window":
         center, width = normalization.get("center"), normalization.get("width")
         if not _is_number(center):
-            problems.add("normalization.center", f"must be a finite number, not {_show(center)}")
+            problems.add(f"{field}.center", f"must be a finite number, not {_show(center)}")
         if not _is_number(width) or width <= 0:
-            problems.add("normalization.width", f"must be a positive finite number, not {_show(width)}")
+            problems.add(f"{field}.width", f"must be a positive finite number, not {_show(width)}")
+    elif method == "clip_zscore":  # fixed dataset statistics (nnU-Net's CT normalisation)
+        values = {name: normalization.get(name) for name in ("lower", "upper", "mean", "std")}
+        bad = [name for name, value in values.items() if not _is_number(value)]
+        if bad:
+            problems.add(field, f"clip_zscore needs finite numbers {bad}")
+        elif values["lower"] > values["upper"] or values["std"] < 0:
+            problems.add(field, f"clip_zscore needs lower <= upper and std >= 0, not {values}")
 
 
 def _check_string(problems: _Problems, field: str, value: Any) -> bool:

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json_object
 from . import plots, qc, scores, stats
 from .document import Document
 from .runner import CASES_FILE, CLEAN, COST_FILE, HEADS_FILE, RUN_FILE
-from .tables import read_csv, read_json_object
+from .tables import read_csv
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 FIGURE_QC, FIGURE_QC_MAIN, FIGURE_HEADS, FIGURE_SCATTER = (
@@ -111,8 +111,8 @@ def load(folder: str | Path) -> EvaluationData:
         raise InputError(f"{folder / CASES_FILE}: holds no cases")
     heads = folder / HEADS_FILE
     head_rows = read_csv(heads, required=HEAD_REPORT_COLUMNS) if heads.is_file() else []
-    cost = read_json_object(folder / COST_FILE)
-    run = read_json_object(folder / RUN_FILE)
+    cost = read_json_object(folder / COST_FILE, "") if (folder / COST_FILE).is_file() else {}
+    run = read_json_object(folder / RUN_FILE, "") if (folder / RUN_FILE).is_file() else {}
     if not isinstance(run.get("methods", []), list) or not isinstance(run.get("classes", []), list):
         raise InputError(f"{folder / RUN_FILE}: 'methods' and 'classes' must be lists")
     order = [m["name"] for m in run.get("methods", [])]

@@ -1,4 +1,4 @@
-"""Reading the evaluation's CSV and JSON files back, checked like any other user input.
+"""Reading the evaluation's CSV files back, checked like any other user input.
 
 ``evaluate --report-only``, ``evaluate --resume`` and ``calibrate --from-csv`` read files a user may have
 edited, truncated or taken from somewhere else. A missing column or a word where a number belongs is
@@ -9,7 +9,6 @@ refused here, in one line naming the file, the line and the column, instead of s
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -68,20 +67,6 @@ def read_csv(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, A
                 raise InputError(f"{path}, line {line}: column {column!r} needs a whole number")
         rows.append(values)
     return rows
-
-
-def read_json_object(path: str | Path) -> dict[str, Any]:
-    """A JSON file that must hold an object (``run.json``, ``cost.json``); ``{}`` when it is absent."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: expected a JSON object, not {type(document).__name__}")
-    return document
 
 
 def _number(text: str) -> float | None:
