@@ -64,6 +64,7 @@ BAD_FIELDS = {
         ("skip_heads", 1.0, "skip_heads 1.0 must leave at least one"),
         ("classes.1.value", "1", "classes[1].value must be an integer in 0..255"),
         ("name", 7, "name must be a non-empty one-line text"),
+        ("pad_to_patch", "yes", "pad_to_patch must be true or false, not 'yes'"),
     ],
     "structure": [
         (
@@ -117,6 +118,27 @@ BAD_FIELDS = {
         ("in_channels", 0, "in_channels must be positive"),
         ("patch_size", [14, 16, 16], "patch_size [14, 16, 16] must be a multiple of size_divisor"),
         ("samples", 0, "samples must be an integer in 1..127"),
+        ("pad_value", NAN, "pad_value must be null or a finite number, not nan"),
+        (
+            "normalization",
+            {"method": "clip_zscore", "lower": 0, "upper": 100, "mean": 0},
+            "clip_zscore needs finite numbers ['std']",
+        ),
+        (
+            "normalization",
+            {"method": "clip_zscore", "lower": 100, "upper": 0, "mean": 0, "std": 1},
+            "clip_zscore needs lower <= upper",
+        ),
+        (
+            "normalization",
+            {"method": "per_channel", "channels": [{"method": "zscore"}] * 2},
+            "normalization.channels must list one normalization per input channel (1)",
+        ),
+        (
+            "normalization",
+            {"method": "per_channel", "channels": [{"method": "minmax"}]},
+            "normalization.channels[0].method 'minmax' must be one of",
+        ),
     ],
     "duplicates": [
         ("classes.2.name", "structure1", "classes[2].name 'structure1' duplicates classes[1]"),
