@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from engine_models import error_lines, run_cli
+from cli_runner import run_cli
+from engine_models import error_lines
 from test_convert_nnunet import make_case
 
 pytest.importorskip("monai", reason="MONAI is not installed (pip install 'layer-ensembles[monai]')")

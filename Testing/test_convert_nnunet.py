@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from engine_models import error_lines, run_cli
+from cli_runner import run_cli
+from engine_models import error_lines
 
 pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (pip install 'layer-ensembles[nnunet]')")
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import MODULE_DIR
+from cli_runner import cli_environment
 from LayerEnsemblesLib.contract import load_model
 from training_data import write_blob_dataset
 
@@ -17,7 +16,7 @@ from training_data import write_blob_dataset
 def test_two_gloo_processes_train_and_only_rank_zero_writes(tmp_path):
     dataset = write_blob_dataset(tmp_path / "data", cases=6)
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR), "OMP_NUM_THREADS": "1"}
+    env = cli_environment()
     command = [
         sys.executable,
         "-m",
@@ -85,12 +84,7 @@ def test_a_loss_diverging_on_one_rank_stops_every_rank(tmp_path, diverging_rank)
     dataset = write_blob_dataset(tmp_path / "data", cases=6)
     worker = tmp_path / "diverging_worker.py"
     worker.write_text(DIVERGING_WORKER)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(MODULE_DIR),
-        "OMP_NUM_THREADS": "1",
-        "DIVERGING_RANK": diverging_rank,
-    }
+    env = cli_environment(OMP_NUM_THREADS="1", DIVERGING_RANK=diverging_rank)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(worker), "train", "--dataset", str(dataset), "--out", str(tmp_path / "run"),
                "--depth", "3", "--base-channels", "4", "--epochs", "2", "--iterations", "2",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from conftest import make_tiny_model
 from LayerEnsemblesLib.cli import main
 from LayerEnsemblesLib.evaluation import baselines, metrics
@@ -17,12 +17,7 @@ from synthetic_dataset import write_synthetic_dataset
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "LayerEnsemblesLib.cli", "evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("evaluate", *args, timeout=600)
 
 
 def _rows(path):
@@ -104,9 +99,10 @@ def test_head_curve_cost_and_run_files(evaluation):
     assert sorted({int(r["skip_heads"]) for r in heads}) == list(range(6))
     # k = 0 keeps every head: the same prediction as the row in cases.csv
     cases = {(r["case"], r["condition"]): r for r in _rows(out / "cases.csv") if r["method"] == "LE"}
-    for row in heads:
-        if row["skip_heads"] == "0":
-            assert float(row["nll"]) == pytest.approx(float(cases[(row["case"], row["condition"])]["nll"]))
+    all_heads = [row for row in heads if row["skip_heads"] == "0"]
+    assert len(all_heads) == 2 * 2
+    for row in all_heads:
+        assert float(row["nll"]) == pytest.approx(float(cases[(row["case"], row["condition"])]["nll"]))
     cost = json.loads((out / "cost.json").read_text())
     assert cost["LE"]["forward_passes"] == 1 and cost["DE"]["forward_passes"] == 2
     assert cost["DE"]["parameters"] > cost["LE"]["parameters"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,15 +19,10 @@ import torch
 
 from .errors import InputError, first_line
 from .fileio import atomic_write_bytes
+from .metadata_schema import FORMAT_NAME, FORMAT_VERSION, HEAD_UPSAMPLING, PER_CHANNEL, check_document
 
 METADATA_FILE = "layer_ensembles.json"
-FORMAT_NAME = "layer-ensembles-model"
-FORMAT_VERSION = 1
-MODEL_KINDS = ("layer_ensemble", "deep_ensemble", "mc_dropout")
-NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "clip_zscore", "none")
-PER_CHANNEL = "per_channel"  # {"method": "per_channel", "channels": [one normalisation per input channel]}
-NORMALIZATION_FIELDS = {"ct_window": ("center", "width"), "clip_zscore": ("lower", "upper", "mean", "std")}
-HEAD_UPSAMPLING = "linear_align_corners_false"
+MAX_METADATA_BYTES = 1 << 20  # the shipped model's document is 2.4 kB; anything near this is not metadata
 DEFAULT_COLORS = [
     (0, 0, 0),
     (230, 159, 0),
@@ -95,65 +89,26 @@ class ModelMetadata:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, document: dict[str, Any], source: str = "metadata") -> ModelMetadata:
+    def from_dict(cls, document: Any, source: str = "metadata") -> ModelMetadata:
+        """The metadata of a parsed JSON document, after :func:`check_document` has vetted every field."""
+        check_document(document, source)
         document = copy.deepcopy(document)
-        if document.get("format") != FORMAT_NAME:
-            raise InputError(f"{source}: not a layer-ensembles model (format is {document.get('format')!r})")
-        version = document.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise InputError(
-                f"{source}: format version {version!r} is newer than this reader ({FORMAT_VERSION})"
-            )
-        try:
-            document["classes"] = [ClassInfo(**c) for c in document["classes"]]
-            known = {f for f in cls.__dataclass_fields__}
-            metadata = cls(**{k: v for k, v in document.items() if k in known})
-        except (KeyError, TypeError) as error:
-            raise InputError(f"{source}: malformed metadata ({error})") from None
-        metadata.validate(source)
-        return metadata
+        known = set(cls.__dataclass_fields__)
+        class_fields = set(ClassInfo.__dataclass_fields__)
+        document["classes"] = [
+            ClassInfo(**{k: v for k, v in c.items() if k in class_fields}) for c in document["classes"]
+        ]
+        return cls(**{k: v for k, v in document.items() if k in known})
 
     def validate(self, source: str = "metadata") -> None:
         """Reject documents a consumer could not apply, so errors surface at load time, not mid-run."""
-        problems = []
-        if self.spatial_dims not in (2, 3):
-            problems.append(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
-        if self.in_channels < 1:
-            problems.append("in_channels must be positive")
-        if len(self.classes) < 2:
-            problems.append("at least two classes (background and one structure) are needed")
-        values = [c.value for c in self.classes]
-        if len(set(values)) != len(values) or 0 not in values:
-            problems.append("class values must be unique and include 0 (background)")
-        if len(self.head_names) != len(self.head_strides) or not self.head_names:
-            problems.append("head_names and head_strides must be non-empty and of equal length")
-        if not 0 <= self.skip_heads < max(len(self.head_names), 1):
-            problems.append(
-                f"skip_heads {self.skip_heads} must leave at least one of {len(self.head_names)} heads"
-            )
-        if self.kind not in MODEL_KINDS:
-            problems.append(f"kind {self.kind!r} is not one of {MODEL_KINDS}")
-        problems += normalization_problems(self.normalization, self.in_channels)
-        for name in ("patch_size", "size_divisor"):
-            value = getattr(self, name)
-            if len(value) != self.spatial_dims or any(v < 1 for v in value):
-                problems.append(f"{name} must hold {self.spatial_dims} positive integers")
-        if self.target_spacing is not None and (
-            len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
-        ):
-            problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
-        if not isinstance(self.pad_to_patch, bool):
-            problems.append("pad_to_patch must be true or false")
-        if self.pad_value is not None and (
-            not isinstance(self.pad_value, (int, float)) or not math.isfinite(self.pad_value)
-        ):
-            problems.append("pad_value must be null or a finite number")
-        if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
-            problems.append("aula_threshold must be in [0, 1]")
-        if self.head_upsampling != HEAD_UPSAMPLING:
-            problems.append(f"head_upsampling {self.head_upsampling!r} is not supported")
-        if problems:
-            raise InputError(f"{source}: invalid metadata: {'; '.join(problems)}")
+        try:
+            document = json.loads(self.to_json())  # what a reader will see, NaN included
+        except (TypeError, ValueError) as error:  # e.g. numpy integers in a size list
+            raise InputError(
+                f"{source}: invalid metadata: not JSON-serialisable ({first_line(error)})"
+            ) from None
+        check_document(document, source)
 
 
 def channel_normalizations(normalization: dict[str, Any], channels: int) -> list[dict[str, Any]]:
@@ -161,27 +116,6 @@ def channel_normalizations(normalization: dict[str, Any], channels: int) -> list
     if normalization.get("method") == PER_CHANNEL:
         return list(normalization["channels"])
     return [normalization] * channels
-
-
-def normalization_problems(normalization: dict[str, Any], channels: int) -> list[str]:
-    if not isinstance(normalization, dict):
-        return ["normalization must be an object"]
-    if normalization.get("method") == PER_CHANNEL:
-        entries = normalization.get("channels")
-        if not isinstance(entries, list) or len(entries) != channels:
-            return [f"per_channel normalization needs a list of {channels} channel normalization(s)"]
-    problems = []
-    for entry in channel_normalizations(normalization, channels):
-        method = entry.get("method") if isinstance(entry, dict) else None
-        if method not in NORMALIZATION_METHODS:
-            problems.append(f"normalization method must be one of {NORMALIZATION_METHODS} (or {PER_CHANNEL})")
-            continue
-        missing = [
-            k for k in NORMALIZATION_FIELDS.get(method, ()) if not isinstance(entry.get(k), (int, float))
-        ]
-        if missing:
-            problems.append(f"{method} normalization needs numbers {missing}")
-    return problems
 
 
 def default_classes(names: list[str]) -> list[ClassInfo]:
@@ -224,42 +158,70 @@ def export_model(
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """Read only the metadata, without building the network (fast, for ``info`` and the Slicer summary)."""
+    """The metadata every reader uses (``info``, ``segment``, the Slicer summary), without the network.
+
+    The archive must hold exactly one metadata document, at the place TorchScript reads it from, and
+    its size is checked in the zip directory before a byte is inflated: a small file must not be able
+    to make a reader allocate gigabytes, and a second document must not let two readers disagree.
+    """
     path = _check_archive(Path(path))
     with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.endswith(f"extra/{METADATA_FILE}")]
-        if not names:
-            raise InputError(
-                f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})"
-            )
-        document = archive.read(names[0])
+        member = _metadata_member(archive, path)
+        with archive.open(member) as handle:
+            document = handle.read(MAX_METADATA_BYTES + 1)
+    if len(document) > MAX_METADATA_BYTES:  # the directory's size was a lie
+        raise InputError(f"{path}: metadata document larger than {MAX_METADATA_BYTES} bytes")
     return _parse(document, path)
 
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
-    """Load a model file as TorchScript (never by unpickling) and return it with its metadata."""
-    path = _check_archive(Path(path))
-    extra = {METADATA_FILE: ""}
+    """Load a model file as TorchScript (never by unpickling) and return it with its metadata.
+
+    The metadata comes from :func:`read_metadata`, the same bytes ``info`` shows; TorchScript is not
+    asked to read the document again.
+    """
+    metadata = read_metadata(path)
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as error:
         raise InputError(
             f"{path}: corrupt or unsupported TorchScript archive ({first_line(error)})"
         ) from None
-    if not extra[METADATA_FILE]:
-        raise InputError(f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})")
-    metadata = _parse(extra[METADATA_FILE], path)
     module.eval()
     return module, metadata
+
+
+def _metadata_member(archive: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo:
+    """The one ``<archive>/extra/layer_ensembles.json`` member, after its declared size is checked."""
+    documents = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == METADATA_FILE]
+    if not documents:
+        raise InputError(f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})")
+    if len(documents) > 1:
+        raise InputError(
+            f"{path}: {len(documents)} metadata documents ({', '.join(i.filename for i in documents[:3])}); "
+            "a model file holds exactly one"
+        )
+    member = documents[0]
+    prefix = archive.infolist()[0].filename.split("/", 1)[0]
+    if member.filename != f"{prefix}/extra/{METADATA_FILE}":
+        raise InputError(
+            f"{path}: metadata document at {member.filename}, not {prefix}/extra/{METADATA_FILE} "
+            "where TorchScript keeps it"
+        )
+    if member.file_size > MAX_METADATA_BYTES:
+        raise InputError(
+            f"{path}: metadata document of {member.file_size} bytes (the limit is {MAX_METADATA_BYTES})"
+        )
+    return member
 
 
 def _parse(document: str | bytes, path: Path) -> ModelMetadata:
     try:
         parsed = json.loads(document)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: metadata is not valid JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise InputError(f"{path}: metadata is not valid JSON ({first_line(error)})") from None
     return ModelMetadata.from_dict(parsed, str(path))
 
 
@@ -289,6 +251,7 @@ def _check_archive(path: Path) -> Path:
                 f"{path}: a torch.save checkpoint (zip of pickles), not a TorchScript model; "
                 "export it with `layer-ensembles export`"
             )
+        _metadata_member(archive, path)  # sizes first: testzip below inflates every member
         # torch.jit.load does not verify checksums: a damaged weight would load silently as wrong numbers
         try:
             damaged = archive.testzip()

@@ -62,7 +62,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--score",
         default="aula_norm_union",
-        help="the normalised AULA column (default aula_norm_union, the one the engine's decision uses)",
+        help="the score column (default aula_norm_union, the one the engine decides on; another score "
+        "can be calibrated for comparison, but only aula_norm_union is written into a model)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--out", help="write the calibrated model to this new file")
@@ -74,9 +75,9 @@ def add_parser(subparsers) -> None:
 
 
 def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> tuple[list, list, str]:
-    from ..evaluation.runner import read_csv
+    from ..evaluation.tables import read_csv
 
-    rows = read_csv(path)
+    rows = read_csv(path, required=("method", score, metric))
     layer_ensembles = sorted(
         {
             r["method"]
@@ -94,9 +95,6 @@ def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> t
     selected = [r for r in rows if r["method"] == method]
     if not selected:
         raise InputError(f"{path}: no rows for method {method!r}")
-    for column in (score, metric):
-        if column not in selected[0]:
-            raise InputError(f"{path}: no column {column!r}")
     return [r[score] for r in selected], [r[metric] for r in selected], f"{path} (method {method})"
 
 
@@ -155,7 +153,7 @@ def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..contract import read_metadata
-    from ..evaluation.calibration import check_targets, choose_threshold, write_threshold
+    from ..evaluation.calibration import DECISION_SCORE, check_targets, choose_threshold, write_threshold
 
     check_targets(args.target_dice, args.sensitivity)  # before any case is run
     if args.in_place and args.out:
@@ -163,6 +161,11 @@ def run(args: argparse.Namespace) -> int:
     if args.in_place and not args.overwrite:
         raise InputError(f"{args.model}: --in-place replaces the model file; add --overwrite to confirm")
     destination = Path(args.model) if args.in_place else Path(args.out) if args.out else None
+    if destination is not None and args.score != DECISION_SCORE:
+        raise InputError(
+            f"--score {args.score}: the engine accepts or flags a case on {DECISION_SCORE}, so only a "
+            f"threshold on {DECISION_SCORE} can be written into a model (drop --out/--in-place to compare)"
+        )
     if destination is not None and destination.exists() and not args.overwrite:
         raise InputError(f"{destination}: already exists (use --overwrite to replace it)")
     metadata = read_metadata(args.model)

@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import InputError, first_line
 from ..fileio import Output, atomic_write_text, image_output, json_output, read_image, write_outputs
+from .outputs import check_output_folder, check_targets, previous_outputs, remove_stale
 
 KNOWN_SUFFIXES = (
     ".nii.gz",
@@ -141,7 +142,17 @@ def add_parser(subparsers) -> None:
         help="print only JSON lines on stdout (started, progress, case_done, case_failed, finished), "
         "for a parent process such as the Slicer module",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (and remove the previous run's outputs of a case that this "
+        "run does not write again)",
+    )
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run inputs whose resampling to the model's spacing multiplies the voxels (refused by default)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-case lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
     parser.set_defaults(run=run)
@@ -162,8 +173,6 @@ def _run(args: argparse.Namespace, events) -> int:
     out = Path(args.out)
     inputs = [Path(p) for p in args.inputs]
     summary_path = out / SUMMARY_NAME
-    if len(inputs) > 1 and summary_path.exists() and not args.overwrite:
-        raise InputError(f"{summary_path}: already exists (use --overwrite to replace it)")
     predictor = Predictor(
         args.model,
         device=args.device,
@@ -172,18 +181,22 @@ def _run(args: argparse.Namespace, events) -> int:
         memory_budget_gb=args.memory_budget,
         mixed_precision=args.mixed_precision,
         head_precision=args.head_precision,
+        allow_large=args.allow_large,
     )
     # argument problems are the same for every case: report them once, before any work
     resolve_head_range(
         len(predictor.member_names), predictor.metadata.skip_heads, args.skip_heads, args.heads, args.model
     )
     resolve_threshold(args.threshold, predictor.metadata, args.model)
+    check_output_folder(out)  # before any case: an unwritable --out must not cost any inference
+    if len(inputs) > 1:
+        check_targets([summary_path], args.overwrite)
 
     progress = events or _Progress(len(inputs), enabled=not args.quiet)
     progress.started(args.model, str(predictor.device))
     rows: list[dict[str, Any]] = []
     names = _case_names(inputs)
-    failures = 0
+    failures = bugs = 0  # bad input exits 2; an unexpected error (a bug) exits 1
     for path, case in zip(inputs, names, strict=False):
         try:
             if case is None:
@@ -201,6 +214,7 @@ def _run(args: argparse.Namespace, events) -> int:
             if args.debug:
                 raise
             failures += 1
+            bugs += not isinstance(error, (OSError, MemoryError))  # a full disk is not a bug
             progress.case_failed(
                 case or path.name, path, f"{path}: {type(error).__name__}: {first_line(error)}"
             )
@@ -217,7 +231,7 @@ def _run(args: argparse.Namespace, events) -> int:
     if len(inputs) > 1:
         atomic_write_text(summary_path, _summary_csv(rows, predictor.metadata), overwrite=args.overwrite)
     progress.finished(len(inputs) - failures, failures, summary_path if len(inputs) > 1 else None)
-    return 2 if failures else 0
+    return 1 if bugs else 2 if failures else 0
 
 
 def case_name(path: Path) -> str:
@@ -255,10 +269,8 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
     if args.save_heads:
         targets["heads"] = out / f"{case}{BUNDLE_SUFFIX}"
     report_path = out / f"{case}_report.json"
-    if not args.overwrite:  # check every target first: a case either writes all its files or none
-        for target in [*targets.values(), report_path]:
-            if target.exists():
-                raise InputError(f"{target}: already exists (use --overwrite to replace it)")
+    check_targets([*targets.values(), report_path], args.overwrite)  # before this case's inference
+    previous = previous_outputs(report_path, case) if args.overwrite else []
     start = time.perf_counter()
     image = read_image(path)
     read_seconds = time.perf_counter() - start
@@ -288,6 +300,7 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
     ]
     outputs.append((report_path, _ReportOutput(report, write_start)))
     write_outputs(outputs, overwrite=args.overwrite)
+    remove_stale(previous, targets.values())
     return report
 
 

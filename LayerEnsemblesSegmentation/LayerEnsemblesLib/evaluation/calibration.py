@@ -25,7 +25,7 @@ from ..contract import ModelMetadata
 from ..errors import InputError
 from .archive import rewrite_metadata
 
-DEFAULT_SCORE = "aula_norm_union"
+DECISION_SCORE = "aula_norm_union"  # normalised union AULA: what ``Prediction.decision`` compares
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Calibration:
     good_cases: int
     flagged_cases: int
     dropped_cases: int  # cases without a finite score or Dice
-    score: str = DEFAULT_SCORE
+    score: str = DECISION_SCORE
 
     def summary(self) -> str:
         return (
@@ -70,7 +70,7 @@ def check_targets(target_dice: float, sensitivity: float) -> None:
 
 
 def choose_threshold(
-    scores, dice, target_dice: float, sensitivity: float, score: str = DEFAULT_SCORE
+    scores, dice, target_dice: float, sensitivity: float, score: str = DECISION_SCORE
 ) -> Calibration:
     """The smallest threshold on ``scores`` (high = confident, in [0, 1]) reaching ``sensitivity``."""
     check_targets(target_dice, sensitivity)
@@ -118,6 +118,12 @@ def write_threshold(
     data: str = "",
 ) -> ModelMetadata:
     """Save ``model`` to ``destination`` with the calibrated threshold in its metadata."""
+
+    if calibration.score != DECISION_SCORE:  # a threshold on another scale would flag the wrong cases
+        raise InputError(
+            f"{model}: a threshold on {calibration.score} cannot be stored; the engine decides on "
+            f"{DECISION_SCORE}"
+        )
 
     def update(metadata: ModelMetadata) -> None:
         if metadata.kind != "layer_ensemble":

@@ -35,6 +35,7 @@ from ..errors import InputError, first_line
 from ..fileio import atomic_write_json, atomic_write_text, file_sha256, read_image
 from ..grids import check_same_grid
 from . import cost, metrics, scores, shifts
+from .tables import read_csv
 
 CASES_FILE = "cases.csv"
 HEADS_FILE = "heads.csv"
@@ -227,33 +228,6 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return "" if math.isnan(value) else repr(round(value, 8))
     return value
-
-
-def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows with numbers as floats (empty cells as NaN) and the key columns as text."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: not found")
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    text_columns = {"method", "kind", "case", "condition", "shift", "device", "error"}
-    parsed = []
-    for row in rows:
-        values = {k: (v if k in text_columns else _number(v)) for k, v in row.items()}
-        for key in ("severity", "skip_heads", "kept_heads"):  # integers, so a resumed file stays uniform
-            if isinstance(values.get(key), float) and math.isfinite(values[key]):
-                values[key] = int(values[key])
-        parsed.append(values)
-    return parsed
-
-
-def _number(text: str) -> float | str:
-    if text == "" or text is None:
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 # ------------------------------------------------------------------------------------------ the run
