@@ -9,7 +9,6 @@ producers in ``docs/model-contract.md``; keep the two in step.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -129,37 +128,32 @@ def export_model(
     path: str | Path,
     overwrite: bool = False,
     check_shape: list[int] | None = None,
+    trace: bool | None = None,
 ) -> Path:
-    """Script (or, for hooked models, trace) ``model`` and write it with ``metadata`` embedded.
+    """Script ``model`` (trace it only when it sets ``export_by_tracing`` or ``trace=True``) and write it
+    with ``metadata`` embedded.
 
-    The archive is checked against the eager model on a random input before it is written, because a
-    trace can silently bake in shapes; it is written to a temporary name and renamed into place.
+    The saved archive is reloaded and compared with the eager model on the patch size and on a second
+    size (see :mod:`.scripting`) before it is written to a temporary name and renamed into place.
+    ``check_shape`` ([N, C, *spatial]) replaces the patch size as the first check input.
     """
+    from .scripting import archive_bytes, check_shapes
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists (pass overwrite to replace it)")
     metadata.validate(str(path))
-    model = model.eval().cpu()
-    shape = check_shape or [1, metadata.in_channels, *metadata.patch_size]
-    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    try:
-        scripted = torch.jit.script(model)
-    except Exception:  # hooks and Python-side dicts cannot be scripted: trace instead
-        scripted = torch.jit.trace(model, example, check_trace=False, strict=False)
-    with torch.no_grad():
-        expected = model(example)
-        actual = scripted(example)
-    if len(expected) != len(actual) or len(actual) != metadata.num_heads:
-        raise InputError(
-            f"{path}: the model returns {len(actual)} outputs but the metadata declares "
-            f"{metadata.num_heads} heads"
-        )
-    worst = max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
-    if worst > 1e-4:
-        raise InputError(f"{path}: exported model differs from the eager model by {worst:.2e}")
-    buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: metadata.to_json()})
-    atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+    first = list(check_shape[2:]) if check_shape else list(metadata.patch_size)
+    data = archive_bytes(
+        model,
+        metadata.in_channels,
+        check_shapes(first, metadata.size_divisor),
+        metadata.num_heads,
+        {METADATA_FILE: metadata.to_json()},
+        trace,
+        str(path),
+    )
+    atomic_write_bytes(path, data, overwrite=overwrite)
     return path
 
 

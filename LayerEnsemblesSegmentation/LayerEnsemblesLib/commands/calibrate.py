@@ -153,8 +153,9 @@ def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..contract import read_metadata
-    from ..evaluation.calibration import DECISION_SCORE, choose_threshold, write_threshold
+    from ..evaluation.calibration import DECISION_SCORE, check_targets, choose_threshold, write_threshold
 
+    check_targets(args.target_dice, args.sensitivity)  # before any case is run
     if args.in_place and args.out:
         raise InputError("give either --out FILE or --in-place, not both")
     if args.in_place and not args.overwrite:

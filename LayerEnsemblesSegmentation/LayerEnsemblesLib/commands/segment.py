@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, first_line
-from ..fileio import atomic_write_image, atomic_write_json, atomic_write_text, read_image
+from ..fileio import Output, atomic_write_text, image_output, json_output, read_image, write_outputs
 from .outputs import check_output_folder, check_targets, previous_outputs, remove_stale
 
 KNOWN_SUFFIXES = (
@@ -258,7 +258,7 @@ def output_extension(path: Path, choice: str) -> str:
 
 
 def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Namespace, progress) -> dict:
-    from ..inference.bundle import BUNDLE_SUFFIX, save_bundle
+    from ..inference.bundle import BUNDLE_SUFFIX, bundle_output
 
     extension = output_extension(path, args.format)
     targets = {"segmentation": out / f"{case}_seg{extension}"}
@@ -284,23 +284,36 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
         source=str(path),
     )
     write_start = time.perf_counter()
-    atomic_write_image(targets["segmentation"], prediction.segmentation, overwrite=args.overwrite)
-    for name in args.maps:
-        atomic_write_image(targets[name], prediction.maps[name], overwrite=args.overwrite)
+    images = {"segmentation": prediction.segmentation, **prediction.maps}
     if args.probabilities:
-        atomic_write_image(targets["probabilities"], prediction.probabilities, overwrite=args.overwrite)
-    if args.save_heads:
-        save_bundle(prediction, targets["heads"], overwrite=args.overwrite)
+        images["probabilities"] = prediction.probabilities
     report = prediction.to_report()
     report["case"] = case
     report["bundle"] = str(targets["heads"]) if args.save_heads else None
     report["report"] = str(report_path)
     report["outputs"] = {name: str(target) for name, target in targets.items()}
     report["timings"]["read"] = round(read_seconds, 4)
-    report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
-    atomic_write_json(report_path, report, overwrite=args.overwrite)
+    # all files of the case are written, read back and renamed together, the report last
+    outputs = [
+        (target, bundle_output(prediction) if name == "heads" else image_output(images[name]))
+        for name, target in targets.items()
+    ]
+    outputs.append((report_path, _ReportOutput(report, write_start)))
+    write_outputs(outputs, overwrite=args.overwrite)
     remove_stale(previous, targets.values())
     return report
+
+
+class _ReportOutput(Output):
+    """The report, serialised when it is written so that its write time covers the images."""
+
+    def __init__(self, report: dict, write_start: float) -> None:
+        def write(path: Path) -> None:
+            report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
+            self._json = json_output(report)
+            self._json.write(path)
+
+        super().__init__(write, lambda path: self._json.verify(path))
 
 
 def _summary_row(case: str, path: Path, report: dict) -> dict[str, Any]:

@@ -97,7 +97,12 @@ def export_checked(
     model: nn.Module, metadata: ModelMetadata, path: str | Path, overwrite: bool, second_shape: list[int]
 ) -> Path:
     """Export, then check once more at another input size: a trace must not have baked in the patch."""
-    written = export_model(model, metadata, path, overwrite=overwrite)
+    try:  # converted networks often call Python-side code: traced then, and checked at two sizes
+        torch.jit.script(model)
+        trace = False
+    except Exception:  # noqa: BLE001 - TorchScript raises many types; any of them means "trace it"
+        trace = True
+    written = export_model(model, metadata, path, overwrite=overwrite, trace=trace)
     archive = torch.jit.load(str(written))
     probe = torch.randn(*second_shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

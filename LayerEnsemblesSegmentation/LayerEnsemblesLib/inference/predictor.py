@@ -146,6 +146,7 @@ class Predictor:
         wanted_maps = resolve_maps(maps)
         threshold_value, threshold_source = resolve_threshold(threshold, metadata, str(self.model_path))
         report = progress or (lambda fraction, message: None)
+        notes: list[str] = [] if isinstance(image, sitk.Image) else [array_geometry_note(source, spacing)]
         image = as_image(image, spacing, source)
         check_fits_model(image, metadata, source, str(self.model_path))
         check_geometry(image, source)
@@ -158,7 +159,6 @@ class Predictor:
         timings = {"preprocess": time.perf_counter() - start}
 
         forward_start = time.perf_counter()
-        notes: list[str] = []
         logits, plan, device = self._forward_with_fallback(array, source, notes, report, cancel)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -411,6 +411,19 @@ class Predictor:
             value = 4.0 * CPU_LIVE_TENSORS_PER_CHANNEL * max(int(stem), self._metadata.in_channels)
         self._bytes_per_voxel[key] = float(value)
         return float(value)
+
+
+def array_geometry_note(source: str, spacing: Sequence[float] | None) -> str:
+    """The report's warning for an array input: it has no direction or origin, and maybe no spacing.
+
+    The model reorients its input to its own orientation, so the identity direction assumed for an
+    array can give another segmentation and decision than the file the array was read from.
+    """
+    assumed = "identity direction (LPS axes) and origin 0" + (", 1 mm spacing" if spacing is None else "")
+    return (
+        f"{source}: a numpy array carries no orientation; {assumed} assumed, which may give another "
+        "decision than the image file: pass a SimpleITK image with the scan's geometry"
+    )
 
 
 def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, source: str) -> sitk.Image:
