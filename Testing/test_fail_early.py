@@ -346,8 +346,8 @@ def _commands_with_bad_input(folder: Path, model: Path) -> list[tuple[list, str]
         (["export", folder], "not a training run folder"),
         (["evaluate", "--report-only", folder / "notes.csv"], "no cases.csv"),
         (["evaluate", "--model", f"LE={model}", "--dataset", folder / "list.json", "--out", folder / "o"],
-         "malformed dataset.json"),
-        (["train", "--dataset", folder / "list.json", "--out", folder / "run"], "malformed dataset.json"),
+         "list.json: not a JSON object"),
+        (["train", "--dataset", folder / "list.json", "--out", folder / "run"], "not a JSON object"),
         (["segment", folder / "notes.csv", "--model", model, "--out", folder / "s", "--quiet"],
          "unreadable or truncated image"),
         (["calibrate", "--model", model, "--from-csv", folder / "notes.csv", "--target-dice", "0.8",
@@ -372,7 +372,7 @@ def test_an_os_error_is_one_line_with_exit_2(tmp_path, tiny_model_file):
         "calibrate", "--model", tiny_model_file, "--from-csv", path, "--target-dice", "0.8",
         "--sensitivity", "0.9", "--out", blocker / "model.pt",
     )  # fmt: skip
-    _one_error_line(result, f"{blocker}: File exists")
+    _one_error_line(result, f"{blocker / 'model.pt'}: cannot write (File exists)")
 
 
 def test_a_bug_is_one_line_with_exit_1_and_the_traceback_on_request(tiny_model_file, capsys, monkeypatch):

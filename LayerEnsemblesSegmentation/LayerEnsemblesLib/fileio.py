@@ -119,6 +119,9 @@ def _stage(target: Path, output: Output) -> Path:
         reason = _write_failure_reason(target.parent, error)
         temporary.unlink(missing_ok=True)
         raise InputError(f"{target}: not written, {reason}; nothing of this set was replaced") from None
+    except BaseException:  # Ctrl-C or SIGTERM mid-write: no temporary is left behind
+        temporary.unlink(missing_ok=True)
+        raise
     return temporary
 
 
