@@ -21,6 +21,7 @@ COMMANDS = {
     "evaluate": "LayerEnsemblesLib.commands.evaluate",
     "calibrate": "LayerEnsemblesLib.commands.calibrate",
     "demo": "LayerEnsemblesLib.commands.demo",
+    "review": "LayerEnsemblesLib.commands.review",
 }
 
 
