@@ -31,6 +31,7 @@ from ..devices import device_report, is_out_of_memory, release_cached_memory, re
 from ..errors import InputError
 from ..preprocessing import network_divisor, to_network_space
 from ..uncertainty import UNION
+from .identity import model_sha256
 from .reduction import MAX_KEPT_HEADS, HeadStream, reduction_bytes_per_voxel
 from .results import (
     InferenceSession,
@@ -68,6 +69,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.module, self._metadata = load_model(self.model_path, self.device)
         validate_for_inference(self._metadata, str(self.model_path))
+        self.model_identity = {"sha256": model_sha256(self.model_path)}  # names the model in result bundles
         if window_size is not None and (len(window_size) != 3 or min(int(w) for w in window_size) < 1):
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
         if not 0.0 <= overlap < 1.0:
@@ -111,8 +113,15 @@ class Predictor:
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
         source: str | None = None,
+        keep_on_device: bool = False,
     ) -> Prediction:
-        """Segment ``image`` and score it; every output comes back in the input's geometry."""
+        """Segment ``image`` and score it; every output comes back in the input's geometry.
+
+        The head outputs that recombination needs are moved to the CPU once the pass is over, so a
+        worklist does not accumulate GPU memory; ``keep_on_device=True`` keeps them on the compute
+        device for fast recombination of one interactive case (``Prediction.release_device_memory``
+        moves them later).
+        """
         start = time.perf_counter()
         source = source or ("image" if isinstance(image, sitk.Image) else "array")
         metadata = self._metadata
@@ -159,11 +168,14 @@ class Predictor:
             device_report(device),
             timings,
             notes,
+            dict(self.model_identity),
         )
         report(0.95, "combining heads")
         prediction = build_prediction(
             session, first_stop, wanted_maps, threshold_value, threshold_source, cancel, start, timings
         )
+        if not keep_on_device:
+            session.release_device_memory()
         report(1.0, "done")
         return prediction
 

@@ -1,1 +1,1 @@
-"""The review controller both GUIs drive (Qt module, web app): state, actions, events; no Qt, no trame."""
+"""The review layer: what both GUIs drive (no Qt, no trame), above the engine and the scene logic."""
