@@ -17,6 +17,7 @@ from ..scene.geometry import image_from_volume
 from ..scene.segmentation import segment_array
 
 CORRECTED_SUFFIX = "_corrected"
+CLASS_PREFIX = "class_"  # scene.segmentation.segment_id
 
 
 def next_correction_path(folder: str | Path, case_name: str, extension: str = ".nii.gz") -> Path:
@@ -30,14 +31,18 @@ def next_correction_path(folder: str | Path, case_name: str, extension: str = ".
     return candidate
 
 
-def labels_from_segmentation(segmentation_node, input_node, classes) -> sitk.Image:
+def class_values(segmentation_node) -> list[int]:
+    """The label values of the segmentation's class segments (IDs ``class_<value>``), ascending."""
+    ids = segmentation_node.GetSegmentation().GetSegmentIDs()
+    return sorted(int(sid[len(CLASS_PREFIX):]) for sid in ids
+                  if sid.startswith(CLASS_PREFIX) and sid[len(CLASS_PREFIX):].isdigit())
+
+
+def labels_from_segmentation(segmentation_node, input_node) -> sitk.Image:
     """The segmentation's class segments as one label map on the input volume's grid."""
     reference = image_from_volume(input_node)
     labels = np.zeros(tuple(reversed(reference.GetSize())), dtype=np.uint8)
-    for info in classes:
-        value = int(info.value)
-        if value == 0 or segmentation_node.GetSegmentation().GetSegment(f"class_{value}") is None:
-            continue
+    for value in class_values(segmentation_node):
         mask = segment_array(segmentation_node, value)
         if mask.shape != labels.shape:
             raise ValueError(f"{segmentation_node.GetName()}: segment geometry differs from the input volume")
@@ -47,10 +52,10 @@ def labels_from_segmentation(segmentation_node, input_node, classes) -> sitk.Ima
     return image
 
 
-def save_correction(segmentation_node, input_node, classes, folder: str | Path, case_name: str,
+def save_correction(segmentation_node, input_node, folder: str | Path, case_name: str,
                     replace: str | Path | None = None) -> Path:
     """Write the corrected label map; ``replace`` (an earlier correction's path) is the only overwrite."""
     path = Path(replace) if replace else next_correction_path(folder, case_name)
-    atomic_write_image(path, labels_from_segmentation(segmentation_node, input_node, classes),
+    atomic_write_image(path, labels_from_segmentation(segmentation_node, input_node),
                        overwrite=replace is not None)
     return path

@@ -12,7 +12,8 @@ from typing import Any
 from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
 
 DECISION_TEXT = {"accepted": "accepted (model)", "flagged": "flagged (model)"}
-REVIEWER_TEXT = {"accepted": "accepted by reviewer", "flagged": "flagged by reviewer", "corrected": "corrected"}
+REVIEWER_TEXT = {"accepted": "accepted by reviewer", "flagged": "flagged by reviewer",
+                 "corrected": "corrected"}
 
 
 def _score_text(score: float | None) -> str:
@@ -78,7 +79,8 @@ def page_state(state) -> dict[str, Any]:
         "le_heads": heads,
         "le_head_count": head_count,
         "le_heatmap": state.heatmap_kind,
-        "le_heatmap_kinds": [{"title": HEATMAP_LABELS.get(kind, kind), "value": kind} for kind in HEATMAP_KINDS],
+        "le_heatmap_kinds": [{"title": HEATMAP_LABELS.get(kind, kind), "value": kind}
+                             for kind in HEATMAP_KINDS],
         "le_opacity": round(float(state.heatmap_opacity), 2),
         "le_region_text": region,
         "le_error": state.last_error,

@@ -36,7 +36,8 @@ STYLE = """
 .le-decision-flagged { color: #e65100; font-weight: 600; }
 .le-decision-accepted { color: #2e7d32; font-weight: 600; }
 .le-decision-corrected { color: #1565c0; font-weight: 600; }
-#le-error { color: #c62828; font-weight: 600; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+#le-error { color: #c62828; font-weight: 600; white-space: nowrap; overflow: hidden;
+            text-overflow: ellipsis; }
 #le-badge { font-size: 15px; }
 """
 
@@ -89,7 +90,7 @@ def _controls(ctrl) -> None:
         v.VBtn("Accept", id="le-accept", size="small", color="success", click=ctrl.le_accept)
         v.VBtn("Flag", id="le-flag", size="small", color="warning", click=ctrl.le_flag)
         v.VBtn("Correct", id="le-correct", size="small", color="primary", click=ctrl.le_correct)
-    with html.Div(classes="d-flex flex-wrap ga-1 my-2", v_show="le_editing"):
+    with html.Div(classes="d-flex flex-wrap ga-1 my-2", v_if="le_editing"):
         for name, label in (("paint", "Paint"), ("erase", "Erase"), ("scissors", "Scissors")):
             v.VBtn(label, id=f"le-{name}", size="small",
                    variant=(f"le_tool === '{name}' ? 'flat' : 'outlined'",),
