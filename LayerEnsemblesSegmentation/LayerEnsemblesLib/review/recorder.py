@@ -86,25 +86,31 @@ class ReviewRecorder:
         state = controller.state
         shown = state.current
         for name in sorted(self.pending_names(state)):
-            self._resumed.add(name)
-            index = next(i for i, case in enumerate(state.cases) if case.name == name)
-            record = self.review.get(name)
-            if record.reviewer_decision == "corrected" and record.corrected_file:
-                try:
-                    self._load_correction(context, state.cases[index], record.corrected_file)
-                except InputError as error:
-                    self.errors.append(f"{name}: earlier correction not restored ({error})")
-                    continue
-            if not controller.open_case(index):
-                continue
-            if record.reviewer_decision == "accepted":
-                controller.accept()
-            elif record.reviewer_decision == "flagged":
-                controller.flag()
-            elif record.reviewer_decision == "corrected" and not state.cases[index].reviewer_decision:
-                controller.mark_corrected()
+            try:
+                self._resume_case(controller, context, name)
+            finally:  # marked only now: until then ``sync`` leaves the case's record alone
+                self._resumed.add(name)
         if shown is not None and shown < len(state.cases):
             controller.open_case(shown)
+
+    def _resume_case(self, controller, context, name: str) -> None:
+        state = controller.state
+        index = next(i for i, case in enumerate(state.cases) if case.name == name)
+        record = self.review.get(name)
+        if record.reviewer_decision == "corrected" and record.corrected_file:
+            try:
+                self._load_correction(context, state.cases[index], record.corrected_file)
+            except InputError as error:
+                self.errors.append(f"{name}: earlier correction not restored ({error})")
+                return
+        if not controller.open_case(index):
+            return
+        if record.reviewer_decision == "accepted":
+            controller.accept()
+        elif record.reviewer_decision == "flagged":
+            controller.flag()
+        elif record.reviewer_decision == "corrected" and not state.cases[index].reviewer_decision:
+            controller.mark_corrected()
 
     @staticmethod
     def _load_correction(context, case, path: str) -> None:

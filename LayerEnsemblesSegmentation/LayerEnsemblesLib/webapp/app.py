@@ -28,7 +28,7 @@ from ..review.inputs import review_inputs
 from ..review.paths import AllowedRoots
 from ..review.recorder import ReviewRecorder
 from ..scene.geometry import add_volume_from_image
-from .bindings import page_state
+from .bindings import page_state, worklist_rows
 from .curve import curve_from_scene, curve_svg
 from .host import SlicerHost
 from .ui import build_ui
@@ -56,6 +56,7 @@ class ReviewWebApp(TrameApp):
         self.load_errors: list[str] = []
         self._shown_opacity = 0.5
         self._started = False
+        self._drawn = None
         self.controller.subscribe("state_changed", lambda _state: self.publish())
         self.controller.set_device(device)
         self.host.editor.set_undo_stack(UndoStack())
@@ -71,8 +72,8 @@ class ReviewWebApp(TrameApp):
 
     def _bind(self) -> None:
         ctrl = self.ctrl
-        ctrl.le_next_case = lambda: self._act("next_case")
-        ctrl.le_previous_case = lambda: self._act("previous_case")
+        ctrl.le_next_case = lambda: self.step_case(+1)
+        ctrl.le_previous_case = lambda: self.step_case(-1)
         ctrl.le_next_region = lambda: self._act("next_region")
         ctrl.le_accept = lambda: self._act("accept")
         ctrl.le_flag = lambda: self._act("flag")
@@ -150,6 +151,10 @@ class ReviewWebApp(TrameApp):
         values["le_saved_text"] = f"corrected file: {record.corrected_file}" if record and \
             record.corrected_file else ""
         self.recorder.sync(state)
+        signature = _view_signature(state)
+        if signature != self._drawn:  # a new frame only when what the views show changed
+            self._drawn = signature
+            self.host.schedule_render()
         with self.state:
             self.state.update(values)
 
@@ -162,10 +167,21 @@ class ReviewWebApp(TrameApp):
         self.publish()
         return result
 
+    def step_case(self, step: int) -> None:
+        """Next or previous case in the worklist's order (most doubtful first), wrapping round."""
+        rows = worklist_rows(self.controller.state)
+        if not rows:
+            self._act("next_case")  # the controller says there is none, in one line
+            return
+        position = next((i for i, row in enumerate(rows) if row["current"]), -1 if step > 0 else 0)
+        self._act("open_case", rows[(position + step) % len(rows)]["index"])
+
     def on_key(self, key: str) -> None:
         action = KEY_ACTIONS.get(key)
         if action == "toggle_heatmap":
             self.toggle_heatmap()
+        elif action in ("next_case", "previous_case"):
+            self.step_case(+1 if action == "next_case" else -1)
         elif action is not None:
             self._act(action)
 
@@ -247,6 +263,13 @@ class ReviewWebApp(TrameApp):
         self.recorder.note_correction(case.name, str(path))
         self.controller.mark_corrected()
         self.publish()
+
+
+def _view_signature(state) -> tuple:
+    case = state.current_case
+    return (state.current, case.segmentation_id if case else None, case.score if case else None,
+            state.heatmap_kind, state.heatmap_opacity, state.kept_heads, state.threshold, state.region_index,
+            len(state.cases))
 
 
 def serve(inputs: list[Path], model: str, out: Path, host: str = "127.0.0.1", port: int = 8080,

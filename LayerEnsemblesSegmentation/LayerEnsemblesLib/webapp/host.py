@@ -47,6 +47,12 @@ class SlicerHost:
     def reset_views(self) -> None:
         self.app.display_manager.reset_views()
 
+    def schedule_render(self) -> None:
+        """Ask every view for a new frame: slice-layer changes (foreground opacity, volumes) made on MRML
+        nodes directly do not reach trame-slicer's render scheduler on their own."""
+        for view in self.app.view_manager.get_views():
+            view.schedule_render()
+
     def red_slice_offset(self) -> float | None:
         for index in range(self.app.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
             node = self.app.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")

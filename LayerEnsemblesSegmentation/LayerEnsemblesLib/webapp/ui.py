@@ -13,7 +13,7 @@ from trame_vuetify.widgets import vuetify3 as v
 
 # Keys a reviewer presses; the page sends the key's name to the server, which maps it to an action.
 KEY_SCRIPT = """
-window.addEventListener('keydown', function (event) {
+if (!window.layerEnsemblesKeys) window.layerEnsemblesKeys = window.addEventListener('keydown', function (event) {
   const target = event.target;
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.isContentEditable)) {
@@ -24,7 +24,7 @@ window.addEventListener('keydown', function (event) {
       && (event.key === 'ArrowDown' || event.key === 'ArrowUp'))) return;
   event.preventDefault();
   window.trame.trigger('le_key', [event.key]);
-});
+}) || true;
 """
 
 KEY_HELP = "Keys: n / ↓ next case · p / ↑ previous · a accept · f flag · r next region · h heatmap on/off"
@@ -50,10 +50,12 @@ def _worklist() -> None:
                     html.Th(title, style="text-align: left; font-size: 12px; padding: 2px 6px;")
         with html.Tbody():
             with html.Tr(
-                v_for="row in le_rows", key="row.index",
+                v_for="row in le_rows",
+                key="row.index",
                 classes=("row.current ? 'le-row le-current' : 'le-row'",),
                 __properties=[("data_case", "data-case"), ("data_decision", "data-decision")],
-                data_case=("row.name",), data_decision=("row.decision",),
+                data_case=("row.name",),
+                data_decision=("row.decision",),
                 click="trigger('le_open_case', [row.index])",
             ):
                 html.Td("{{ row.name }}")
@@ -64,23 +66,55 @@ def _worklist() -> None:
 
 def _controls(ctrl) -> None:
     html.Div("{{ le_badge_text }}", id="le-badge", classes=("'my-2 le-decision-' + le_badge_decision",))
-    v.VSlider(
-        id="le-threshold", label="Threshold", v_model=("le_threshold", 0.9), min=0.0, max=1.0, step=0.001,
-        thumb_label=True, density="compact", hide_details=True, disabled=("!le_has_result",),
-    )
+    with html.Div(id="le-threshold"):
+        v.VSlider(
+            label="Threshold",
+            v_model=("le_threshold", 0.9),
+            min=0.0,
+            max=1.0,
+            step=0.001,
+            thumb_label=True,
+            density="compact",
+            hide_details=True,
+            disabled=("!le_has_result",),
+        )
     html.Div("threshold {{ le_threshold_text }}", id="le-threshold-text", classes="text-caption mb-2")
-    v.VRangeSlider(
-        id="le-heads", label="Kept heads", v_model=("le_heads", [1, 1]), min=1, max=("le_head_count", 1),
-        step=1, thumb_label=True, density="compact", hide_details=True, disabled=("!le_has_result",),
+    with html.Div(id="le-heads"):
+        v.VRangeSlider(
+            label="Kept heads",
+            v_model=("le_heads", [1, 1]),
+            min=1,
+            max=("le_head_count", 1),
+            step=1,
+            thumb_label=True,
+            density="compact",
+            hide_details=True,
+            disabled=("!le_has_result",),
+        )
+    html.Div(
+        "heads {{ le_heads[0] }}–{{ le_heads[1] }} of {{ le_head_count }}",
+        id="le-heads-text",
+        classes="text-caption mb-2",
     )
-    html.Div("heads {{ le_heads[0] }}–{{ le_heads[1] }} of {{ le_head_count }}", id="le-heads-text",
-             classes="text-caption mb-2")
     v.VSelect(
-        id="le-heatmap", label="Heatmap", v_model=("le_heatmap", "agreement"), items=("le_heatmap_kinds", []),
-        item_title="title", item_value="value", density="compact", hide_details=True, classes="mb-2",
+        label="Heatmap",
+        v_model=("le_heatmap", "agreement"),
+        items=("le_heatmap_kinds", []),
+        item_title="title",
+        item_value="value",
+        density="compact",
+        hide_details=True,
+        classes="mb-2",
     )
-    v.VSlider(id="le-opacity", label="Opacity", v_model=("le_opacity", 0.5), min=0.0, max=1.0, step=0.05,
-              density="compact", hide_details=True)
+    v.VSlider(
+        label="Opacity",
+        v_model=("le_opacity", 0.5),
+        min=0.0,
+        max=1.0,
+        step=0.05,
+        density="compact",
+        hide_details=True,
+    )
     with html.Div(classes="d-flex flex-wrap ga-1 my-2"):
         v.VBtn("Prev", id="le-prev-case", size="small", click=ctrl.le_previous_case)
         v.VBtn("Next", id="le-next-case", size="small", click=ctrl.le_next_case)
@@ -92,9 +126,13 @@ def _controls(ctrl) -> None:
         v.VBtn("Correct", id="le-correct", size="small", color="primary", click=ctrl.le_correct)
     with html.Div(classes="d-flex flex-wrap ga-1 my-2", v_if="le_editing"):
         for name, label in (("paint", "Paint"), ("erase", "Erase"), ("scissors", "Scissors")):
-            v.VBtn(label, id=f"le-{name}", size="small",
-                   variant=(f"le_tool === '{name}' ? 'flat' : 'outlined'",),
-                   click=f"trigger('le_tool', ['{name}'])")
+            v.VBtn(
+                label,
+                id=f"le-{name}",
+                size="small",
+                variant=(f"le_tool === '{name}' ? 'flat' : 'outlined'",),
+                click=f"trigger('le_tool', ['{name}'])",
+            )
         v.VBtn("Undo", id="le-undo", size="small", click=ctrl.le_undo)
         v.VBtn("Save correction", id="le-save", size="small", color="primary", click=ctrl.le_save)
     html.Div("{{ le_region_text }}", id="le-region", classes="text-caption")
@@ -113,8 +151,13 @@ def build_ui(server, layout_manager, title: str):
             v.VSpacer()
             html.Div("{{ le_error }}", id="le-error", classes="mx-4", style="max-width: 55%;")
             html.Div("{{ le_status }}", id="le-status", classes="text-caption mx-2")
-            v.VProgressLinear(model_value=("le_progress", 0), v_show="le_running", absolute=True,
-                              location="bottom", color="primary")
+            v.VProgressLinear(
+                model_value=("le_progress", 0),
+                v_show="le_running",
+                absolute=True,
+                location="bottom",
+                color="primary",
+            )
         with layout.drawer:
             with html.Div(classes="pa-2"):
                 _controls(ctrl)
@@ -124,6 +167,9 @@ def build_ui(server, layout_manager, title: str):
             with html.Div(style="display: flex; flex-direction: column; height: 100%;"):
                 with html.Div(style="flex: 1 1 auto; min-height: 0; position: relative;"):
                     layout_manager.initialize_layout_grid(layout)
-                html.Div(v_html=("le_curve_svg", ""), id="le-curve",
-                         style="flex: 0 0 170px; background: #fff; border-top: 1px solid #ccc;")
+                html.Div(
+                    v_html=("le_curve_svg", ""),
+                    id="le-curve",
+                    style="flex: 0 0 170px; height: 170px; overflow: hidden; background: #fff; border-top: 1px solid #ccc;",
+                )
     return layout
