@@ -94,8 +94,9 @@ def coloured_pixels(image: np.ndarray, colour, tolerance: int = 60) -> int:
     saturated = pixels.max(axis=1) - pixels.min(axis=1) > 40  # the MRI itself is grey
     target = np.asarray(colour, dtype=float)
     direction = (pixels - pixels.mean(axis=1, keepdims=True)) @ (target - target.mean())
-    return int(np.sum(saturated & (direction > 0) &
-                      (np.abs(pixels - target).sum(axis=1) < 3 * tolerance + 200)))
+    return int(
+        np.sum(saturated & (direction > 0) & (np.abs(pixels - target).sum(axis=1) < 3 * tolerance + 200))
+    )
 
 
 def rows_by_name(page) -> dict[str, dict]:
@@ -135,10 +136,13 @@ def save_screenshot(page, name: str) -> None:
 
 # -- 1. views, overlays, worklist ---------------------------------------------------------------------
 
+
 def test_views_draw_mri_with_segmentation_and_heatmap_and_the_worklist_is_sorted(page, server):
     rows = state(page, "le_rows")
     assert [row["name"] for row in rows if row["score"] is not None] == sorted(
-        (row["name"] for row in rows if row["score"] is not None), key=lambda n: rows_by_name(page)[n]["score"])
+        (row["name"] for row in rows if row["score"] is not None),
+        key=lambda n: rows_by_name(page)[n]["score"],
+    )
     assert {row["name"] for row in rows} == set(CASES)
     scores = [row["score"] for row in rows]
     assert scores == sorted(scores) and all(0.0 < s <= 1.0 for s in scores)
@@ -164,6 +168,7 @@ def test_views_draw_mri_with_segmentation_and_heatmap_and_the_worklist_is_sorted
 
 # -- 2. threshold -------------------------------------------------------------------------------------
 
+
 def test_threshold_slider_past_the_aula_flips_the_decision(page, server):
     name = current_name(page)
     row = rows_by_name(page)[name]
@@ -178,9 +183,13 @@ def test_threshold_slider_past_the_aula_flips_the_decision(page, server):
     assert (new_threshold > score) == (flipped == "flagged")
     wait_until(lambda: rows_by_name(page)[name]["decision"] == flipped, 15, message="decision flipped")
     assert flipped in page.inner_text("#le-badge")
-    wait_until(lambda: (lambda r: r.get("model_decision") == flipped and
-                        abs(r.get("threshold", 0) - new_threshold) < 1e-6)(read_review(server.out).get(name, {})),
-               10, message="review file updated")
+    wait_until(
+        lambda: (
+            lambda r: r.get("model_decision") == flipped and abs(r.get("threshold", 0) - new_threshold) < 1e-6
+        )(read_review(server.out).get(name, {})),
+        10,
+        message="review file updated",
+    )
     # back to the calibrated threshold
     press_slider(page, "#le-threshold", "ArrowLeft" if key == "ArrowRight" else "ArrowRight", steps)
     wait_until(lambda: rows_by_name(page)[name]["decision"] != flipped, 15, message="decision restored")
@@ -188,12 +197,30 @@ def test_threshold_slider_past_the_aula_flips_the_decision(page, server):
 
 # -- 3. kept heads ------------------------------------------------------------------------------------
 
+
 def cli_score(image: Path, first: int, last: int, out: Path) -> float:
     """Normalised AULA of the ``segment`` command with the same kept heads (1-based inclusive)."""
     environment = dict(os.environ, PYTHONPATH=str(MODULE_DIR))
-    subprocess.run([sys.executable, "-m", "LayerEnsemblesLib.cli", "segment", str(image), "--model",
-                    str(DEMO_MODEL), "--out", str(out), "--heads", f"{first - 1}:{last}", "--quiet"],
-                   check=True, env=environment, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "LayerEnsemblesLib.cli",
+            "segment",
+            str(image),
+            "--model",
+            str(DEMO_MODEL),
+            "--out",
+            str(out),
+            "--heads",
+            f"{first - 1}:{last}",
+            "--quiet",
+        ],
+        check=True,
+        env=environment,
+        capture_output=True,
+        timeout=300,
+    )
     report = json.loads(next(out.glob("*_report.json")).read_text())
     return float(report["score"])
 
@@ -216,11 +243,13 @@ def test_kept_heads_change_the_heatmap_and_the_aula_equal_to_the_cli(page, serve
     assert shown == float(f"{expected:.6g}")  # the scene stores the score to 6 significant digits
     assert f"{expected:.3f}" in page.inner_text("#le-badge")
     press_slider(page, "#le-heads", "ArrowLeft", 2, thumb=0)
-    wait_until(lambda: rows_by_name(page)[name]["score"] == pytest.approx(before_score), 20,
-               message="heads restored")
+    wait_until(
+        lambda: rows_by_name(page)[name]["score"] == pytest.approx(before_score), 20, message="heads restored"
+    )
 
 
 # -- 5. next region, keys -----------------------------------------------------------------------------
+
 
 def test_next_uncertain_region_moves_the_slice_and_keys_drive_the_review(page, server):
     offset = state(page, "le_slice_offset")
@@ -239,21 +268,34 @@ def test_next_uncertain_region_moves_the_slice_and_keys_drive_the_review(page, s
     second = current_name(page)
     assert order.index(second) == (order.index(first) + 1) % len(order)  # the worklist's order
     page.locator("body").press("a")
-    wait_until(lambda: rows_by_name(page)[second]["decision_text"] == "accepted by reviewer", 10,
-               message="accepted")
+    wait_until(
+        lambda: rows_by_name(page)[second]["decision_text"] == "accepted by reviewer", 10, message="accepted"
+    )
     assert "accepted by reviewer" in page.inner_text("#le-badge")
     page.locator("body").press("p")
     wait_until(lambda: current_name(page) == first, 10, message="previous case")
     page.locator("body").press("f")
-    wait_until(lambda: rows_by_name(page)[first]["decision_text"] == "flagged by reviewer", 10, message="flag")
-    review = wait_until(lambda: (lambda r: r if r.get(second, {}).get("reviewer_decision") == "accepted" and
-                                 r.get(first, {}).get("reviewer_decision") == "flagged" else None)(
-        read_review(server.out)), 10, message="decisions in the review file")
+    wait_until(
+        lambda: rows_by_name(page)[first]["decision_text"] == "flagged by reviewer", 10, message="flag"
+    )
+    review = wait_until(
+        lambda: (
+            lambda r: (
+                r
+                if r.get(second, {}).get("reviewer_decision") == "accepted"
+                and r.get(first, {}).get("reviewer_decision") == "flagged"
+                else None
+            )
+        )(read_review(server.out)),
+        10,
+        message="decisions in the review file",
+    )
     assert review[first]["time"] and review[second]["time"]
     assert (server.out / "review.csv").read_text().count("\n") == len(CASES) + 1
 
 
 # -- 6a. an unreadable case ---------------------------------------------------------------------------
+
 
 def test_an_unreadable_case_is_one_error_line_and_the_others_work(page, server):
     error = page.inner_text("#le-error")
@@ -263,6 +305,7 @@ def test_an_unreadable_case_is_one_error_line_and_the_others_work(page, server):
 
 
 # -- 4. correction, then kill and restart on the same folder ------------------------------------------
+
 
 def paint_stroke(page, view: int = AXIAL) -> None:
     box = page.locator("img.image-display-area").nth(view).bounding_box()
@@ -287,8 +330,13 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
     page.click("#le-correct")
     page.wait_for_selector("#le-save")
     page.click("#le-save")  # an unedited save: the model's segmentation, as a first correction file
-    first = Path(wait_until(lambda: read_review(server.out).get(name, {}).get("corrected_file"), 10,
-                            message="first correction saved"))
+    first = Path(
+        wait_until(
+            lambda: read_review(server.out).get(name, {}).get("corrected_file"),
+            10,
+            message="first correction saved",
+        )
+    )
     page.click("#le-correct")
     page.wait_for_selector("#le-paint")
     axial = view_image(page, AXIAL)
@@ -296,8 +344,15 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
     wait_frame_change(page, AXIAL, axial)
     page.wait_for_timeout(500)
     page.click("#le-save")
-    second = Path(wait_until(lambda: (lambda f: f if f and f != str(first) else None)(
-        read_review(server.out).get(name, {}).get("corrected_file")), 10, message="second correction saved"))
+    second = Path(
+        wait_until(
+            lambda: (lambda f: f if f and f != str(first) else None)(
+                read_review(server.out).get(name, {}).get("corrected_file")
+            ),
+            10,
+            message="second correction saved",
+        )
+    )
     assert first.is_file() and second.is_file() and second.parent == server.out
     assert second.name == f"{name}_corrected_2.nii.gz"  # never over the earlier correction
     assert foreground_voxels(second) > foreground_voxels(first)  # the paint stroke added voxels
@@ -315,20 +370,25 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
         wait_views(again)
         wait_cases_done(again, len(CASES))
         decided = {n: r["reviewer_decision"] for n, r in before.items() if r["reviewer_decision"]}
-        wait_until(lambda: all(rows_by_name(again)[n]["decision"] == d for n, d in decided.items()), 60,
-                   message="decisions shown again after the restart")
+        wait_until(
+            lambda: all(rows_by_name(again)[n]["decision"] == d for n, d in decided.items()),
+            60,
+            message="decisions shown again after the restart",
+        )
         again.locator("#le-worklist tr.le-row", has_text=name).click()
         wait_until(lambda: str(second) in again.inner_text("#le-saved"), 10, message="correction shown")
         assert "corrected" in again.inner_text("#le-badge")
         after = read_review(server.out)
-        assert {n: (r["reviewer_decision"], r["corrected_file"], r["time"]) for n, r in after.items()} == \
-            {n: (r["reviewer_decision"], r["corrected_file"], r["time"]) for n, r in before.items()}
+        assert {n: (r["reviewer_decision"], r["corrected_file"], r["time"]) for n, r in after.items()} == {
+            n: (r["reviewer_decision"], r["corrected_file"], r["time"]) for n, r in before.items()
+        }
         again.close()
     finally:
         restarted.stop()
 
 
 # -- 6b. a bad model ----------------------------------------------------------------------------------
+
 
 def test_a_bad_model_is_one_error_line_and_the_views_still_work(browser, review_folder):
     bad_model = review_folder / "not_a_model.pt"

@@ -27,8 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "LayerEnsemblesSegmentation"
 DEMO_MODEL = MODULE_DIR / "Resources" / "Models" / "hippocampus_le3d.pt"
 CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-default-apps", "--disable-sync", "--no-first-run", "--metrics-recording-only"]
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-sync",
+    "--no-first-run",
+    "--metrics-recording-only",
+]
 VIEW_SELECTOR = "img.image-display-area"
 
 
@@ -39,8 +47,10 @@ def browser_missing_reason() -> str | None:
     except ImportError:
         return "playwright is not installed (pip install -e '.[dev]')"
     if not CHROMIUM.is_file():
-        return ("Debian's Chromium is not installed at /usr/bin/chromium "
-                "(apt-get install -y chromium, as .ci/run does)")
+        return (
+            "Debian's Chromium is not installed at /usr/bin/chromium "
+            "(apt-get install -y chromium, as .ci/run does)"
+        )
     return None
 
 
@@ -53,20 +63,43 @@ def free_port() -> int:
 class ReviewServer:
     """``layer-ensembles review`` in a child process; ``url`` once it answers."""
 
-    def __init__(self, inputs: list[Path], out: Path, model: Path = DEMO_MODEL, extra: list[str] | None = None,
-                 log: Path | None = None):
+    def __init__(
+        self,
+        inputs: list[Path],
+        out: Path,
+        model: Path = DEMO_MODEL,
+        extra: list[str] | None = None,
+        log: Path | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.out = out
         self.log_path = log or out.parent / f"server-{self.port}.log"
-        environment = dict(os.environ, PYTHONPATH=str(MODULE_DIR), VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
-                           PYTHONUNBUFFERED="1")
-        command = [sys.executable, "-m", "LayerEnsemblesLib.cli", "review", *map(str, inputs), "--model",
-                   str(model), "--out", str(out), "--port", str(self.port), *(extra or [])]
+        environment = dict(
+            os.environ,
+            PYTHONPATH=str(MODULE_DIR),
+            VTK_DEFAULT_OPENGL_WINDOW="vtkEGLRenderWindow",
+            PYTHONUNBUFFERED="1",
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "LayerEnsemblesLib.cli",
+            "review",
+            *map(str, inputs),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--port",
+            str(self.port),
+            *(extra or []),
+        ]
         self.started = time.monotonic()
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environment,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> float:
         """Seconds from start until the page answers (redirects followed)."""
@@ -153,7 +186,9 @@ def views_drawn(page) -> list[int]:
         context.drawImage(img, 0, 0);
         const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
         let low = 255, high = 0;
-        for (let i = 0; i < data.length; i += 4) { low = Math.min(low, data[i]); high = Math.max(high, data[i]); }
+        for (let i = 0; i < data.length; i += 4) {
+            low = Math.min(low, data[i]); high = Math.max(high, data[i]);
+        }
         return high - low; })""")
 
 
@@ -170,8 +205,13 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2, message:
 
 def wait_views(page, count: int = 3, timeout: float = 60.0) -> list[int]:
     page.wait_for_selector(VIEW_SELECTOR, timeout=timeout * 1000)
-    return wait_until(lambda: (lambda r: r if len(r) >= count and all(v > 0 for v in r[:count]) else None)(
-        views_drawn(page)), timeout, message="slice views drawn with non-uniform pixels")
+    return wait_until(
+        lambda: (lambda r: r if len(r) >= count and all(v > 0 for v in r[:count]) else None)(
+            views_drawn(page)
+        ),
+        timeout,
+        message="slice views drawn with non-uniform pixels",
+    )
 
 
 def state(page, name: str):
@@ -182,19 +222,25 @@ def wait_cases_done(page, count: int, timeout: float = 240.0) -> list[dict]:
     def done():
         rows = state(page, "le_rows") or []
         scored = [row for row in rows if row["score"] is not None]
-        return rows if len(scored) >= count and not state(page, "le_running") and \
-            state(page, "le_has_result") else None
+        return (
+            rows
+            if len(scored) >= count and not state(page, "le_running") and state(page, "le_has_result")
+            else None
+        )
 
     return wait_until(done, timeout, 0.5, f"{count} cases segmented and one shown")
 
 
-def wait_frame_change(page, index: int, before: np.ndarray, timeout: float = 10.0) -> np.ndarray:
+def wait_frame_change(
+    page, index: int, before: np.ndarray, timeout: float = 10.0, interval: float = 0.3
+) -> np.ndarray:
     """The view's frame once it differs from ``before`` (frames stream asynchronously)."""
+
     def changed():
         now = view_image(page, index)
         return now if now.shape != before.shape or np.abs(now.astype(int) - before).max() > 40 else None
 
-    return wait_until(changed, timeout, 0.3, f"view {index} to redraw")
+    return wait_until(changed, timeout, interval, f"view {index} to redraw")
 
 
 def wait_frame_stable(page, index: int, timeout: float = 20.0, pause: float = 0.7) -> np.ndarray:

@@ -23,7 +23,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # webapp_support
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from bench_inputs import hippocampus_case, synthetic_image  # noqa: E402
 from webapp_support import (  # noqa: E402
@@ -32,8 +31,8 @@ from webapp_support import (  # noqa: E402
     browser_missing_reason,
     launch_browser,
     state,
-    view_image,
     views_drawn,
+    wait_frame_change,
     wait_frame_stable,
     wait_until,
 )
@@ -47,10 +46,16 @@ def first_views(page, server: ReviewServer) -> dict[str, float]:
     ready = server.wait_ready(timeout=300)
     page.goto(server.url)
     page.wait_for_selector("img.image-display-area", timeout=300_000)
-    wait_until(lambda: (lambda r: len(r) >= 3 and all(v > 0 for v in r[:3]))(views_drawn(page)), 300, 0.05,
-               "views drawn")
+    wait_until(
+        lambda: (lambda r: len(r) >= 3 and all(v > 0 for v in r[:3]))(views_drawn(page)),
+        300,
+        0.05,
+        "views drawn",
+    )
     drawn = time.monotonic() - server.started
-    wait_until(lambda: state(page, "le_has_result") and not state(page, "le_running"), 900, 0.1, "result shown")
+    wait_until(
+        lambda: state(page, "le_has_result") and not state(page, "le_running"), 900, 0.1, "result shown"
+    )
     result = time.monotonic() - server.started
     return {"page_ready_s": ready, "first_views_s": drawn, "first_result_s": result}
 
@@ -63,8 +68,12 @@ def threshold_redraws(page, repeats: int) -> list[float]:
         slider.focus()
         start = time.monotonic()
         slider.press("ArrowRight" if index % 2 == 0 else "ArrowLeft")
-        wait_until(lambda: page.inner_text("#le-threshold-text") != f"threshold {before}", 30, 0.01,
-                   "threshold shown")
+        wait_until(
+            lambda before=before: page.inner_text("#le-threshold-text") != f"threshold {before}",
+            30,
+            0.01,
+            "threshold shown",
+        )
         times.append(time.monotonic() - start)
         page.wait_for_timeout(300)
     return times
@@ -78,8 +87,7 @@ def heads_redraws(page, repeats: int) -> list[float]:
         slider.focus()
         start = time.monotonic()
         slider.press("ArrowRight" if index % 2 == 0 else "ArrowLeft")
-        wait_until(lambda: (lambda now: now.shape != before.shape or np.abs(now.astype(int) - before).max() > 40)(
-            view_image(page, AXIAL)), 60, 0.02, "heatmap redrawn")
+        wait_frame_change(page, AXIAL, before, timeout=60, interval=0.02)
         times.append(time.monotonic() - start)
     return times
 
@@ -93,11 +101,15 @@ def measure(case: Path, label: str, work: Path, browser, repeats: int) -> dict:
         wait_frame_stable(page, AXIAL)
         threshold = threshold_redraws(page, repeats)
         heads = heads_redraws(page, repeats)
-        row.update({
-            "threshold_redraw_s": threshold, "threshold_redraw_median_s": statistics.median(threshold),
-            "heads_redraw_s": heads, "heads_redraw_median_s": statistics.median(heads),
-            "server_rss_mb_one_browser": server.rss_bytes() / 2**20,
-        })
+        row.update(
+            {
+                "threshold_redraw_s": threshold,
+                "threshold_redraw_median_s": statistics.median(threshold),
+                "heads_redraw_s": heads,
+                "heads_redraw_median_s": statistics.median(heads),
+                "server_rss_mb_one_browser": server.rss_bytes() / 2**20,
+            }
+        )
         return row
     finally:
         page.close()
@@ -105,19 +117,30 @@ def measure(case: Path, label: str, work: Path, browser, repeats: int) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# Web review app (`layer-ensembles review`), Debian Chromium headless", "",
-             f"{results['machine']}; demo model {results['model_mb']:.1f} MB; {results['repeats']} redraws each "
-             "(median; alternating one step up and down).", "",
-             "| case | start → page | start → first views | start → first result | threshold redraw | "
-             "kept-heads redraw | server RSS, one browser |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Web review app (`layer-ensembles review`), Debian Chromium headless",
+        "",
+        f"{results['machine']}; demo model {results['model_mb']:.1f} MB; {results['repeats']} redraws each "
+        "(median; alternating one step up and down).",
+        "",
+        "| case | start → page | start → first views | start → first result | threshold redraw | "
+        "kept-heads redraw | server RSS, one browser |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in results["rows"]:
-        lines.append(f"| {row['case']} ({'×'.join(map(str, row['shape_xyz']))}) | {row['page_ready_s']:.1f} s | "
-                     f"{row['first_views_s']:.1f} s | {row['first_result_s']:.1f} s | "
-                     f"{row['threshold_redraw_median_s']:.2f} s | {row['heads_redraw_median_s']:.2f} s | "
-                     f"{row['server_rss_mb_one_browser']:.0f} MB |")
-    lines += ["", "Targets (issue 11): start to first drawn views ≤ 10 s; threshold redraw ≤ 0.5 s; kept-heads "
-              "redraw ≤ 0.5 s (hippocampus) and ≤ 1.5 s (256×256×160); server memory with one browser ≤ 1 GB "
-              "beyond the model.", ""]
+        lines.append(
+            f"| {row['case']} ({'×'.join(map(str, row['shape_xyz']))}) | {row['page_ready_s']:.1f} s | "
+            f"{row['first_views_s']:.1f} s | {row['first_result_s']:.1f} s | "
+            f"{row['threshold_redraw_median_s']:.2f} s | {row['heads_redraw_median_s']:.2f} s | "
+            f"{row['server_rss_mb_one_browser']:.0f} MB |"
+        )
+    lines += [
+        "",
+        "Targets (issue 11): start to first drawn views ≤ 10 s; threshold redraw ≤ 0.5 s; kept-heads "
+        "redraw ≤ 0.5 s (hippocampus) and ≤ 1.5 s (256×256×160); server memory with one browser ≤ 1 GB "
+        "beyond the model.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -152,8 +175,13 @@ def main() -> int:
             rows.append(measure(case, label, work, browser, args.repeats))
             print(json.dumps(rows[-1], indent=1), flush=True)
         browser.close()
-    results = {"machine": f"{platform.node()} {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
-               "cores", "model_mb": DEMO_MODEL.stat().st_size / 2**20, "repeats": args.repeats, "rows": rows}
+    results = {
+        "machine": f"{platform.node()} {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
+        "cores",
+        "model_mb": DEMO_MODEL.stat().st_size / 2**20,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))

@@ -16,19 +16,33 @@ from ..webapp.security import access_token
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "review", help="review cases in a web browser: worklist, slice views, heatmap, AULA, Segment Editor")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders of images, or a previous `segment` output folder")
+        "review", help="review cases in a web browser: worklist, slice views, heatmap, AULA, Segment Editor"
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders of images, or a previous `segment` output folder",
+    )
     parser.add_argument("--model", required=True, help="a model file written by `layer-ensembles export`")
-    parser.add_argument("--out", default="layer-ensembles-review",
-                        help="review folder: results, corrections and the review file (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        default="layer-ensembles-review",
+        help="review folder: results, corrections and the review file (default: %(default)s)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--allow-remote", action="store_true",
-                        help="allow a non-loopback --host; every connection must then present the token")
-    parser.add_argument("--token", default=os.environ.get("LAYER_ENSEMBLES_REVIEW_TOKEN"),
-                        help="access token (default: generated and printed once when --allow-remote)")
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host; every connection must then present the token",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("LAYER_ENSEMBLES_REVIEW_TOKEN"),
+        help="access token (default: generated and printed once when --allow-remote)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -49,6 +63,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from ..webapp.app import serve  # trame, trame-slicer and VTK load only here
 
-    serve(inputs=inputs, model=args.model, out=out, host=args.host, port=args.port, device=args.device,
-          token=token)
+    serve(
+        inputs=inputs,
+        model=args.model,
+        out=out,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        token=token,
+    )
     return 0

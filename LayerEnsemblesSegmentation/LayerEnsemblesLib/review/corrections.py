@@ -34,8 +34,11 @@ def next_correction_path(folder: str | Path, case_name: str, extension: str = ".
 def class_values(segmentation_node) -> list[int]:
     """The label values of the segmentation's class segments (IDs ``class_<value>``), ascending."""
     ids = segmentation_node.GetSegmentation().GetSegmentIDs()
-    return sorted(int(sid[len(CLASS_PREFIX):]) for sid in ids
-                  if sid.startswith(CLASS_PREFIX) and sid[len(CLASS_PREFIX):].isdigit())
+    return sorted(
+        int(sid[len(CLASS_PREFIX) :])
+        for sid in ids
+        if sid.startswith(CLASS_PREFIX) and sid[len(CLASS_PREFIX) :].isdigit()
+    )
 
 
 def labels_from_segmentation(segmentation_node, input_node) -> sitk.Image:
@@ -52,10 +55,12 @@ def labels_from_segmentation(segmentation_node, input_node) -> sitk.Image:
     return image
 
 
-def save_correction(segmentation_node, input_node, folder: str | Path, case_name: str,
-                    replace: str | Path | None = None) -> Path:
+def save_correction(
+    segmentation_node, input_node, folder: str | Path, case_name: str, replace: str | Path | None = None
+) -> Path:
     """Write the corrected label map; ``replace`` (an earlier correction's path) is the only overwrite."""
     path = Path(replace) if replace else next_correction_path(folder, case_name)
-    atomic_write_image(path, labels_from_segmentation(segmentation_node, input_node),
-                       overwrite=replace is not None)
+    atomic_write_image(
+        path, labels_from_segmentation(segmentation_node, input_node), overwrite=replace is not None
+    )
     return path

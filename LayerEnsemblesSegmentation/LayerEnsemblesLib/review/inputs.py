@@ -17,8 +17,15 @@ from ..scene.worklist import IMAGE_SUFFIXES
 from .corrections import CORRECTED_SUFFIX
 
 REPORT_SUFFIX = "_report.json"
-OUTPUT_MARKERS = ("_seg", "_agreement", "_entropy", "_mutual_information", "_variance", "_probabilities",
-                  CORRECTED_SUFFIX)
+OUTPUT_MARKERS = (
+    "_seg",
+    "_agreement",
+    "_entropy",
+    "_mutual_information",
+    "_variance",
+    "_probabilities",
+    CORRECTED_SUFFIX,
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,15 @@ def review_inputs(paths: list[str | Path]) -> list[ReviewInput]:
     for path in (Path(p) for p in paths):
         if path.is_dir():
             reports = sorted(path.glob(f"*{REPORT_SUFFIX}"))
-            found = _from_reports(path, reports) if reports else [
-                ReviewInput(case_name(p), p) for p in sorted(path.iterdir())
-                if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_output(p)]
+            found = (
+                _from_reports(path, reports)
+                if reports
+                else [
+                    ReviewInput(case_name(p), p)
+                    for p in sorted(path.iterdir())
+                    if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_output(p)
+                ]
+            )
         elif path.exists():
             found = [ReviewInput(case_name(path), path)]
         else:

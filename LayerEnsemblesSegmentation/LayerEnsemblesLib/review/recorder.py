@@ -40,7 +40,9 @@ class ReviewRecorder:
         return ReviewRecord(
             case=case.name,
             input=self.inputs.get(case.name, case.path or (old.input if old else "")),
-            score=case.score, threshold=case.threshold, model_decision=case.model_decision,
+            score=case.score,
+            threshold=case.threshold,
+            model_decision=case.model_decision,
             reviewer_decision=case.reviewer_decision,
             time=(now_utc() if case.reviewer_decision else "") if changed else old.time,
             corrected_file=corrected,
@@ -72,8 +74,13 @@ class ReviewRecorder:
         pending = set()
         for case in state.cases:
             record = self.review.get(case.name)
-            if (case.status in FINISHED and case.name not in self._resumed and record is not None
-                    and record.reviewer_decision and not case.reviewer_decision):
+            if (
+                case.status in FINISHED
+                and case.name not in self._resumed
+                and record is not None
+                and record.reviewer_decision
+                and not case.reviewer_decision
+            ):
                 pending.add(case.name)
         return pending
 

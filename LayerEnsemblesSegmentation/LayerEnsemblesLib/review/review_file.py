@@ -86,8 +86,9 @@ class ReviewFile:
 
     def write(self) -> None:
         rows = [asdict(record) for record in self.records.values()]
-        atomic_write_json(self.json_path, {"format": FORMAT, "format_version": 1, "cases": rows},
-                          overwrite=True)
+        atomic_write_json(
+            self.json_path, {"format": FORMAT, "format_version": 1, "cases": rows}, overwrite=True
+        )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -35,10 +35,21 @@ from .ui import build_ui
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.15
-TOOLS = {"paint": SegmentationEffectPaint, "erase": SegmentationEffectErase,
-         "scissors": SegmentationEffectScissors}
-KEY_ACTIONS = {"n": "next_case", "ArrowDown": "next_case", "p": "previous_case", "ArrowUp": "previous_case",
-               "a": "accept", "f": "flag", "r": "next_region", "h": "toggle_heatmap"}
+TOOLS = {
+    "paint": SegmentationEffectPaint,
+    "erase": SegmentationEffectErase,
+    "scissors": SegmentationEffectScissors,
+}
+KEY_ACTIONS = {
+    "n": "next_case",
+    "ArrowDown": "next_case",
+    "p": "previous_case",
+    "ArrowUp": "previous_case",
+    "a": "accept",
+    "f": "flag",
+    "r": "next_region",
+    "h": "toggle_heatmap",
+}
 
 
 class ReviewWebApp(TrameApp):
@@ -61,8 +72,16 @@ class ReviewWebApp(TrameApp):
         self.controller.set_device(device)
         self.host.editor.set_undo_stack(UndoStack())
         self.state.trame__title = "LayerEnsembles review"
-        self.state.update({"le_editing": False, "le_tool": "", "le_saved_text": "", "le_slice_offset": None,
-                           "le_curve_svg": "", "le_started": False})
+        self.state.update(
+            {
+                "le_editing": False,
+                "le_tool": "",
+                "le_saved_text": "",
+                "le_slice_offset": None,
+                "le_curve_svg": "",
+                "le_started": False,
+            }
+        )
         self.state.update(page_state(self.controller.state))
         self.ui = build_ui(self.server, self.host.layout_manager, "LayerEnsembles review")
         self._bind()
@@ -148,8 +167,9 @@ class ReviewWebApp(TrameApp):
         values["le_curve_title"] = title
         values["le_slice_offset"] = self.host.red_slice_offset()
         record = self.recorder.get(case.name) if case is not None else None
-        values["le_saved_text"] = f"corrected file: {record.corrected_file}" if record and \
-            record.corrected_file else ""
+        values["le_saved_text"] = (
+            f"corrected file: {record.corrected_file}" if record and record.corrected_file else ""
+        )
         self.recorder.sync(state)
         signature = _view_signature(state)
         if signature != self._drawn:  # a new frame only when what the views show changed
@@ -267,21 +287,40 @@ class ReviewWebApp(TrameApp):
 
 def _view_signature(state) -> tuple:
     case = state.current_case
-    return (state.current, case.segmentation_id if case else None, case.score if case else None,
-            state.heatmap_kind, state.heatmap_opacity, state.kept_heads, state.threshold, state.region_index,
-            len(state.cases))
+    return (
+        state.current,
+        case.segmentation_id if case else None,
+        case.score if case else None,
+        state.heatmap_kind,
+        state.heatmap_opacity,
+        state.kept_heads,
+        state.threshold,
+        state.region_index,
+        len(state.cases),
+    )
 
 
-def serve(inputs: list[Path], model: str, out: Path, host: str = "127.0.0.1", port: int = 8080,
-          device: str = "auto", token: str | None = None) -> None:
+def serve(
+    inputs: list[Path],
+    model: str,
+    out: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    device: str = "auto",
+    token: str | None = None,
+) -> None:
     """Start the server (blocking) for one review."""
     app = ReviewWebApp(inputs, model, out, device)
     if token is not None:
         from .security import TOKEN_QUERY, token_middleware
 
-        app.ctrl.on_server_bind.add(lambda wslink_server: wslink_server.app.middlewares.append(
-            token_middleware(token)))
+        app.ctrl.on_server_bind.add(
+            lambda wslink_server: wslink_server.app.middlewares.append(token_middleware(token))
+        )
         print(f"Access token (shown once): open http://{host}:{port}/?{TOKEN_QUERY}={token}", flush=True)
-    print(f"LayerEnsembles review of {len(inputs)} input(s) on http://{host}:{port}/ "
-          "(one server serves one review; start one per reviewer)", flush=True)
+    print(
+        f"LayerEnsembles review of {len(inputs)} input(s) on http://{host}:{port}/ "
+        "(one server serves one review; start one per reviewer)",
+        flush=True,
+    )
     app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)

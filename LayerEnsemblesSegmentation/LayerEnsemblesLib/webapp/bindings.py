@@ -12,8 +12,11 @@ from typing import Any
 from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
 
 DECISION_TEXT = {"accepted": "accepted (model)", "flagged": "flagged (model)"}
-REVIEWER_TEXT = {"accepted": "accepted by reviewer", "flagged": "flagged by reviewer",
-                 "corrected": "corrected"}
+REVIEWER_TEXT = {
+    "accepted": "accepted by reviewer",
+    "flagged": "flagged by reviewer",
+    "corrected": "corrected",
+}
 
 
 def _score_text(score: float | None) -> str:
@@ -35,19 +38,23 @@ def worklist_rows(state) -> list[dict[str, Any]]:
     rows = []
     for index, case in enumerate(state.cases):
         quality = getattr(case, "quality", None)
-        rows.append({
-            "index": index,
-            "name": case.name,
-            "score": case.score,
-            "score_text": _score_text(case.score),
-            "quality_text": _score_text(quality) if quality is not None else "—",
-            "decision": (case.reviewer_decision or case.model_decision or case.status) if not case.error
-            else "failed",
-            "decision_text": decision_text(case),
-            "current": index == state.current,
-        })
-    rows.sort(key=lambda row: (row["score"] is None, row["score"] if row["score"] is not None else 0.0,
-                               row["name"]))
+        rows.append(
+            {
+                "index": index,
+                "name": case.name,
+                "score": case.score,
+                "score_text": _score_text(case.score),
+                "quality_text": _score_text(quality) if quality is not None else "—",
+                "decision": (case.reviewer_decision or case.model_decision or case.status)
+                if not case.error
+                else "failed",
+                "decision_text": decision_text(case),
+                "current": index == state.current,
+            }
+        )
+    rows.sort(
+        key=lambda row: (row["score"] is None, row["score"] if row["score"] is not None else 0.0, row["name"])
+    )
     return rows
 
 
@@ -65,9 +72,13 @@ def page_state(state) -> dict[str, Any]:
         badge, badge_decision = f"{case.name}: {decision_text(case)}", ""
     else:
         badge, badge_decision = "no case shown", ""
-    region = (f"uncertain region {state.region_index + 1} of {state.region_count}"
-              if state.region_index >= 0 and state.region_count else
-              f"{state.region_count} uncertain regions" if case is not None else "")
+    region = (
+        f"uncertain region {state.region_index + 1} of {state.region_count}"
+        if state.region_index >= 0 and state.region_count
+        else f"{state.region_count} uncertain regions"
+        if case is not None
+        else ""
+    )
     return {
         "le_rows": worklist_rows(state),
         "le_current": state.current,
@@ -79,8 +90,9 @@ def page_state(state) -> dict[str, Any]:
         "le_heads": heads,
         "le_head_count": head_count,
         "le_heatmap": state.heatmap_kind,
-        "le_heatmap_kinds": [{"title": HEATMAP_LABELS.get(kind, kind), "value": kind}
-                             for kind in HEATMAP_KINDS],
+        "le_heatmap_kinds": [
+            {"title": HEATMAP_LABELS.get(kind, kind), "value": kind} for kind in HEATMAP_KINDS
+        ],
         "le_opacity": round(float(state.heatmap_opacity), 2),
         "le_region_text": region,
         "le_error": state.last_error,

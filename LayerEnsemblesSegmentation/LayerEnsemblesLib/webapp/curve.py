@@ -46,24 +46,30 @@ def curve_svg(title: str, curves: dict[str, list[float]]) -> str:
         y = MARGIN + span_y * (1.0 - min(max(value, 0.0), 1.0))
         return f"{x:.1f},{y:.1f}"
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'width="100%" height="100%" preserveAspectRatio="xMinYMin meet" id="le-curve-svg">',
-             f'<text x="{MARGIN}" y="16" font-size="12" fill="#222">{html.escape(title)}</text>',
-             f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" '
-             'stroke="#888"/>',
-             f'<line x1="{MARGIN}" y1="{MARGIN}" x2="{MARGIN}" y2="{HEIGHT - MARGIN}" stroke="#888"/>',
-             f'<text x="4" y="{MARGIN + 4}" font-size="10" fill="#555">1.0</text>',
-             f'<text x="4" y="{HEIGHT - MARGIN + 4}" font-size="10" fill="#555">0.0</text>',
-             f'<text x="{MARGIN}" y="{HEIGHT - 8}" font-size="10" fill="#555">adjacent kept-head pairs, '
-             'shallow to deep (Dice)</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="100%" height="100%" preserveAspectRatio="xMinYMin meet" id="le-curve-svg">',
+        f'<text x="{MARGIN}" y="16" font-size="12" fill="#222">{html.escape(title)}</text>',
+        f'<line x1="{MARGIN}" y1="{HEIGHT - MARGIN}" x2="{WIDTH - MARGIN}" y2="{HEIGHT - MARGIN}" '
+        'stroke="#888"/>',
+        f'<line x1="{MARGIN}" y1="{MARGIN}" x2="{MARGIN}" y2="{HEIGHT - MARGIN}" stroke="#888"/>',
+        f'<text x="4" y="{MARGIN + 4}" font-size="10" fill="#555">1.0</text>',
+        f'<text x="4" y="{HEIGHT - MARGIN + 4}" font-size="10" fill="#555">0.0</text>',
+        f'<text x="{MARGIN}" y="{HEIGHT - 8}" font-size="10" fill="#555">adjacent kept-head pairs, '
+        "shallow to deep (Dice)</text>",
+    ]
     for index, (name, values) in enumerate(curves.items()):
         color = CURVE_COLORS[index % len(CURVE_COLORS)] if name != "union" else (0.1, 0.1, 0.1)
         rgb = ",".join(str(int(channel * 255)) for channel in color)
         points = " ".join(point(i, v) for i, v in enumerate(values) if not math.isnan(v))
         width = 2.5 if name == "union" else 1.5
-        parts.append(f'<polyline fill="none" stroke="rgb({rgb})" stroke-width="{width}" points="{points}">'
-                     f'<title>{html.escape(name)}</title></polyline>')
-        parts.append(f'<text x="{WIDTH - 110}" y="{MARGIN + 12 * index}" font-size="10" '
-                     f'fill="rgb({rgb})">{html.escape(name)}</text>')
+        parts.append(
+            f'<polyline fill="none" stroke="rgb({rgb})" stroke-width="{width}" points="{points}">'
+            f"<title>{html.escape(name)}</title></polyline>"
+        )
+        parts.append(
+            f'<text x="{WIDTH - 110}" y="{MARGIN + 12 * index}" font-size="10" '
+            f'fill="rgb({rgb})">{html.escape(name)}</text>'
+        )
     parts.append("</svg>")
     return "".join(parts)

@@ -33,8 +33,14 @@ class SlicerHost:
         colors.SetMRMLApplicationLogic(self.app.app_logic)
         colors.SetMRMLScene(self.app.scene)
         self.app.app_logic.SetModuleLogic("Colors", colors)
-        self.context = SceneContext(self.app.scene, self.app.app_logic, colors, self.app.volumes_logic,
-                                    self.app.segmentations_logic, self.app.subject_hierarchy_logic)
+        self.context = SceneContext(
+            self.app.scene,
+            self.app.app_logic,
+            colors,
+            self.app.volumes_logic,
+            self.app.segmentations_logic,
+            self.app.subject_hierarchy_logic,
+        )
         register_rca_factories(self.app.view_manager, server)
         self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())

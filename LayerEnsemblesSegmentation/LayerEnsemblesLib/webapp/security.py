@@ -31,8 +31,10 @@ def access_token(host: str, allow_remote: bool, token: str | None) -> str | None
     """The token every connection must present, or None on loopback without one; InputError when unsafe."""
     if not is_loopback(host):
         if not allow_remote:
-            raise InputError(f"--host {host}: not a loopback address; serving a review to the network needs "
-                             "--allow-remote (and an access token, printed once)")
+            raise InputError(
+                f"--host {host}: not a loopback address; serving a review to the network needs "
+                "--allow-remote (and an access token, printed once)"
+            )
         token = token or secrets.token_urlsafe(24)
     if token is not None and len(token) < 16:
         raise InputError("--token: use at least 16 characters")
@@ -40,8 +42,10 @@ def access_token(host: str, allow_remote: bool, token: str | None) -> str | None
 
 
 def token_accepted(expected: str, query_token: str | None, cookie_token: str | None) -> bool:
-    return any(candidate is not None and hmac.compare_digest(candidate.encode(), expected.encode())
-               for candidate in (query_token, cookie_token))
+    return any(
+        candidate is not None and hmac.compare_digest(candidate.encode(), expected.encode())
+        for candidate in (query_token, cookie_token)
+    )
 
 
 def token_middleware(expected: str):

@@ -13,7 +13,7 @@ from trame_vuetify.widgets import vuetify3 as v
 
 # Keys a reviewer presses; the page sends the key's name to the server, which maps it to an action.
 KEY_SCRIPT = """
-if (!window.layerEnsemblesKeys) window.layerEnsemblesKeys = window.addEventListener('keydown', function (event) {
+if (!window.layerEnsemblesKeys) window.layerEnsemblesKeys = window.addEventListener('keydown', (event) => {
   const target = event.target;
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   if (target && (target.tagName === 'INPUT' || target.tagName === 'TEXTAREA' || target.isContentEditable)) {
@@ -170,6 +170,7 @@ def build_ui(server, layout_manager, title: str):
                 html.Div(
                     v_html=("le_curve_svg", ""),
                     id="le-curve",
-                    style="flex: 0 0 170px; height: 170px; overflow: hidden; background: #fff; border-top: 1px solid #ccc;",
+                    style="flex: 0 0 170px; height: 170px; overflow: hidden; background: #fff; "
+                    "border-top: 1px solid #ccc;",
                 )
     return layout
