@@ -54,9 +54,10 @@ class SlicerHost:
         self.app.display_manager.reset_views()
 
     def schedule_render(self) -> None:
-        """Ask every view for a new frame: slice-layer changes (foreground opacity, volumes) made on MRML
-        nodes directly do not reach trame-slicer's render scheduler on their own."""
-        for view in self.app.view_manager.get_views():
+        """Ask the slice views for a new frame: slice-layer changes (foreground opacity, volumes) made on
+        MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view (CPU
+        volume rendering, the costly one) redraws on its own when what it shows changes."""
+        for view in self.app.view_manager.get_slice_views():
             view.schedule_render()
 
     def red_slice_offset(self) -> float | None:
