@@ -129,6 +129,13 @@ def add_parser(subparsers) -> None:
         "be changed later without the network",
     )
     parser.add_argument(
+        "--head-precision",
+        choices=("float32", "float16"),
+        default="float32",
+        help="precision of the retained head outputs: float16 rounds them once after the forward pass, "
+        "halving the bundle, and every result (this one and any recombination) is computed from them",
+    )
+    parser.add_argument(
         "--progress-json",
         action="store_true",
         help="print only JSON lines on stdout (started, progress, case_done, case_failed, finished), "
@@ -164,6 +171,7 @@ def _run(args: argparse.Namespace, events) -> int:
         overlap=args.overlap,
         memory_budget_gb=args.memory_budget,
         mixed_precision=args.mixed_precision,
+        head_precision=args.head_precision,
     )
     # argument problems are the same for every case: report them once, before any work
     resolve_head_range(

@@ -16,8 +16,10 @@ round-trips exactly; otherwise in float32. Written to a temporary file and renam
 from __future__ import annotations
 
 import json
+import pickle
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,19 @@ from ..errors import InputError, first_line
 from ..fileio import atomic_write_with
 from ..preprocessing import NetworkGeometry
 from .reduction import HeadStream
-from .results import InferenceSession, Prediction, build_prediction, resolve_maps
+from .results import (
+    InferenceSession,
+    Prediction,
+    build_prediction,
+    resolve_head_range,
+    resolve_maps,
+    resolve_threshold,
+)
 
 BUNDLE_FORMAT = "layer-ensembles-heads"
 BUNDLE_VERSION = 1
 BUNDLE_SUFFIX = "_heads.pt"
+LOGIT_DTYPES = {"float32": torch.float32, "float64": torch.float64}  # what the engine's heads are computed in
 
 
 def save_bundle(prediction: Prediction, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -76,11 +86,29 @@ def save_bundle(prediction: Prediction, path: str | Path, *, overwrite: bool = F
         "logits": logits,
         "document": json.dumps(document, allow_nan=True, default=_plain),
     }
-    return atomic_write_with(path, lambda temporary: torch.save(payload, temporary), overwrite)
+
+    def write(temporary: Path) -> None:
+        with open(
+            temporary, "wb"
+        ) as handle:  # a file object: records are named archive/..., not by the temp name
+            torch.save(payload, handle)
+
+    return atomic_write_with(path, write, overwrite)
 
 
-def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> Prediction:
-    """The :class:`Prediction` a bundle was saved from, ready to recombine without the network."""
+def load_bundle(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    head_range: Sequence[int | None] | None = None,
+    threshold: float | None = None,
+    maps: Sequence[str] | str | None = None,
+) -> Prediction:
+    """The :class:`Prediction` a bundle was saved from, ready to recombine without the network.
+
+    ``head_range``, ``threshold`` and ``maps`` replace the saved ones (a reopened scene's own choice),
+    so the first result costs one reduction, not two. ``device`` is where recombination runs.
+    """
     start = time.perf_counter()
     path = Path(path)
     payload = _read_payload(path)
@@ -88,27 +116,34 @@ def load_bundle(path: str | Path, *, device: str | torch.device = "cpu") -> Pred
         document = json.loads(payload["document"])
         metadata = ModelMetadata.from_dict(document["metadata"], f"{path} (model metadata)")
         session = _session(document, payload["logits"], metadata, path, resolve_device(device))
-        head_range = tuple(int(v) for v in document["head_range"])
-        maps = resolve_maps(document["maps"])
-        threshold = float(document["threshold"])
-        threshold_source = str(document["threshold_source"])
+        saved_range = tuple(int(v) for v in document["head_range"])
+        saved_maps = resolve_maps(document["maps"])
+        saved_threshold = float(document["threshold"]), str(document["threshold_source"])
     except InputError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise InputError(
             f"{path}: damaged results bundle ({type(error).__name__}: {first_line(error)})"
         ) from None
-    if not 0 <= head_range[0] < head_range[1] <= len(session.member_names):
-        raise InputError(f"{path}: damaged results bundle (head range {head_range} out of bounds)")
+    count = len(session.member_names)
+    if not 0 <= saved_range[0] < saved_range[1] <= count:
+        raise InputError(f"{path}: damaged results bundle (head range {saved_range} out of bounds)")
+    if head_range is not None:
+        saved_range = resolve_head_range(count, metadata.skip_heads, None, head_range, str(path))
+    if threshold is not None:
+        saved_threshold = resolve_threshold(threshold, metadata, str(path))
+    wanted = saved_maps if maps is None else resolve_maps(maps)
     timings = {"load": time.perf_counter() - start}
-    return build_prediction(session, head_range, maps, threshold, threshold_source, None, start, timings)
+    return build_prediction(session, saved_range, wanted, *saved_threshold, None, start, timings)
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: results bundle not found")
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path}: not a results bundle (not a zip archive written by --save-heads)")
+        raise InputError(
+            f"{path}: truncated, or not a results bundle (--save-heads writes a complete zip archive)"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()  # torch.load checks no CRC: a flipped bit would load as wrong numbers
@@ -118,6 +153,10 @@ def _read_payload(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: corrupt results bundle (checksum mismatch in {damaged})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{path}: holds objects other than tensors and plain values (refused, not unpickled)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - any unpickling refusal or zip problem is one line
         raise InputError(
             f"{path}: not a readable results bundle ({type(error).__name__}: {first_line(error)})"
@@ -145,16 +184,23 @@ def _session(
     device: torch.device,
 ) -> InferenceSession:
     stream_info = document["stream"]
-    dtype = getattr(torch, stream_info["dtype"])
+    dtype = LOGIT_DTYPES[stream_info["dtype"]]
     full_shape = [int(s) for s in stream_info["full_shape"]]
     num_classes = int(stream_info["num_classes"])
     members = list(document["member_names"])
-    if num_classes != metadata.num_classes or len(members) != len(logits):
-        raise InputError(f"{path}: damaged results bundle (classes or members do not match the head outputs)")
-    for tensor in logits:
-        if tensor.dim() != 4 or tensor.shape[0] != num_classes:
-            raise InputError(f"{path}: damaged results bundle (a head output of shape {list(tensor.shape)})")
     crop = tuple(slice(int(a), int(b)) for a, b in stream_info["crop"])
+    cropped = [len(range(size)[part]) for part, size in zip(crop, full_shape, strict=True)]
+    problem = None
+    if num_classes != metadata.num_classes or len(members) != len(logits):
+        problem = "classes or members do not match the head outputs"
+    elif any(t.dim() != 4 or t.shape[0] != num_classes for t in logits):
+        problem = f"head outputs of shapes {[list(t.shape) for t in logits]}"
+    elif any(not 0 < d <= f or f % d for t in logits for d, f in zip(t.shape[1:], full_shape, strict=True)):
+        problem = f"head outputs do not divide the network shape {full_shape}"
+    elif [int(s) for s in document["network"]["reference"]["size"]] != cropped[::-1]:
+        problem = "the network geometry does not match the head outputs"
+    if problem:
+        raise InputError(f"{path}: damaged results bundle ({problem})")
     stream = HeadStream(
         [t.to(device=device, dtype=dtype) for t in logits],
         full_shape,

@@ -47,6 +47,7 @@ DEFAULT_SLICE_BATCH = 16  # 2D models: axial slices per forward pass
 # Rough CPU activation cost per window voxel, in multiples of the stem's channel count (float32).
 # On CUDA the cost is measured with a probe pass instead; the CPU has no allocator statistics to read.
 CPU_LIVE_TENSORS_PER_CHANNEL = 12
+HEAD_PRECISIONS = ("float32", "float16")  # of the retained head outputs (float16: half-size bundles)
 MC_DROPOUT_SEED = 0  # MC dropout is random; a fixed seed makes a case reproducible
 
 ProgressCallback = Callable[[float, str], None]
@@ -64,6 +65,7 @@ class Predictor:
         overlap: float = 0.5,
         memory_budget_gb: float | None = None,
         mixed_precision: bool = False,
+        head_precision: str = "float32",
     ) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
@@ -76,6 +78,9 @@ class Predictor:
             raise InputError(f"overlap {overlap}: must be in [0, 1)")
         if memory_budget_gb is not None and memory_budget_gb <= 0:
             raise InputError(f"memory budget {memory_budget_gb} GB: must be positive")
+        if head_precision not in HEAD_PRECISIONS:
+            raise InputError(f"head precision {head_precision!r}: choose from {', '.join(HEAD_PRECISIONS)}")
+        self.head_precision = head_precision
         self.window_size = tuple(int(w) for w in window_size) if window_size is not None else None
         self.overlap = float(overlap)
         self.memory_budget_gb = memory_budget_gb
@@ -144,6 +149,8 @@ class Predictor:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings["forward"] = time.perf_counter() - forward_start
+        if self.head_precision == "float16":  # rounded once, here: a float16 bundle then recombines exactly
+            logits = [t.to(torch.float16).to(t.dtype) for t in logits]
         crop = tuple(
             slice(before, size - after)
             for (before, after), size in zip(geometry.padding, geometry.shape, strict=False)
@@ -155,6 +162,7 @@ class Predictor:
             "count": plan.count,
             "overlap": self.overlap,
             "mixed_precision": self.mixed_precision and device.type == "cuda",
+            "head_precision": self.head_precision,
         }
         session = InferenceSession(
             metadata,

@@ -74,7 +74,8 @@ def resolve_bundle(context: SceneContext, segmentation) -> Path:
             "segment the case again to change its heads or threshold"
         )
     candidates = [Path(stored)]
-    root = context.scene.GetRootDirectory() or ""
+    # Slicer sets the root directory when it opens a scene; a bare scene only knows the file it came from.
+    root = context.scene.GetRootDirectory() or os.path.dirname(context.scene.GetURL() or "")
     if not os.path.isabs(stored) and root:
         candidates.insert(0, Path(root) / stored)
     for candidate in candidates:

@@ -95,9 +95,13 @@ class ReviewController(ReviewActions):
     def load_model(self, path: str | os.PathLike) -> bool:
         """Load a model file's summary. A new file sets the run settings to its defaults; the same file keeps
         what the user set (defect 3), and the shown result keeps its own model's settings (defect 4)."""
-        info = read_model_info(path)
-        previous = self.state.model
-        self.state.model, self.state.model_path = info, stored_model_path(info.path)
+        previous, self.state.model_path = self.state.model, stored_model_path(path)
+        try:
+            info = read_model_info(path)
+        except Exception:
+            self.state.model = None  # the GUI shows the chosen file as not loaded, and does not retry it
+            raise
+        self.state.model = info
         if previous is None or not same_model(previous.path, info.path):
             case = self.state.current_case
             if case is not None and same_model(case.model_path, info.path) and case.kept_heads:
@@ -118,6 +122,16 @@ class ReviewController(ReviewActions):
             raise InputError(f"device {device!r}: choose one of {[spec for _, spec in self.state.devices]}")
         self.state.device = device
         self._changed()
+
+    def current_chart_id(self) -> str | None:
+        """The agreement chart node of the shown case (for a plot view)."""
+        case = self.state.current_case
+        return self._results[case.segmentation_id].chart_id if case is not None else None
+
+    def worklist_table_id(self) -> str | None:
+        """The worklist table node (ranked by AULA, lowest first), once a batch has run."""
+        worklist = self._worklist
+        return worklist.table_id if worklist is not None and self.context.node(worklist.table_id) else None
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -205,7 +219,7 @@ class ReviewController(ReviewActions):
                 if self._run is not run:
                     return False  # cancelled or closed by a subscriber while applying
                 self._apply_event(run, event)
-            if run.process.done:
+            if self._run is run and run.process.done:
                 self._finish(run)
         except Exception as error:  # noqa: BLE001 - the timer must keep running; report and stop the run
             log.exception("LayerEnsembles: applying the engine's events failed")
@@ -301,24 +315,25 @@ class ReviewController(ReviewActions):
 
     def _finish(self, run: Run) -> None:
         """The child has exited and every event was applied: report the run once."""
-        cancelled_by_error = bool(run.fatal) and not run.committed
+        if run.fatal:  # the engine stopped (a crash, a bad argument): the run leaves the scene as it was
+            self._abandon(run, rollback=True)
+            line = f"The engine stopped: {run.fatal} (the scene is unchanged)"
+            self.state.run.message = line
+            self._report_error(line)
+            return
         self._run = None
         run.discard_files()
         self.state.run.running, self.state.run.progress = False, 1.0
         if run.batch is not None and run.committed:
             run.batch.finish()
             self._open_first_of(run)
-        problems = ([run.fatal] if run.fatal else []) + run.failures
-        if problems:
-            done = len(run.committed)
+        if run.failures:  # one report for the whole run (defect 8), not one per case
             summary = (
-                problems[0]
-                if cancelled_by_error and len(problems) == 1
-                else f"{len(problems)} of {len(run.pending)} case(s) failed ({done} done): "
-                + "; ".join(problems)
+                f"{len(run.failures)} of {len(run.pending)} case(s) failed ({len(run.committed)} done): "
+                + "; ".join(run.failures)
             )
             self.state.run.message = summary
-            self._report_error(summary)  # one report for the whole run (defect 8), not one per case
+            self._report_error(summary)
             return
         warnings = "; ".join(w for w in run.warnings if w)
         self.state.run.message = "Done." + (f" {warnings}" if warnings else "")

@@ -56,6 +56,7 @@ class EngineProcess:
         save_heads: bool = True,
         window: Sequence[int] | None = None,
         memory_budget_gb: float | None = None,
+        head_precision: str = "float32",
         python_executable: str | Path | None = None,
         work_dir: str | Path | None = None,
         env: Mapping[str, str] | None = None,
@@ -63,10 +64,10 @@ class EngineProcess:
         if not inputs:
             raise ValueError("EngineProcess needs at least one input file")
         self.output_dir = Path(tempfile.mkdtemp(prefix="layer-ensembles-run-", dir=work_dir))
-        arguments = ["segment", *map(str, inputs), "--model", str(model), "--out", str(self.output_dir)]
+        arguments = ["segment", "--model", str(model), "--out", str(self.output_dir)]
         arguments += ["--device", device, "--maps", ",".join(maps) or "none", "--progress-json", "--quiet"]
         if save_heads:
-            arguments.append("--save-heads")
+            arguments += ["--save-heads", "--head-precision", head_precision]
         if head_range is not None:
             first, stop = head_range
             arguments += ["--heads", f"{int(first or 0)}:{'' if stop is None else int(stop)}"]
@@ -78,6 +79,7 @@ class EngineProcess:
             arguments += ["--window", ",".join(str(int(w)) for w in window)]
         if memory_budget_gb is not None:
             arguments += ["--memory-budget", repr(float(memory_budget_gb))]
+        arguments += ["--", *map(str, inputs)]  # an input named like an option stays an input
         python = str(python_executable or sys.executable)
         self.command = [python, "-c", CHILD_PROGRAM, str(PACKAGE_PARENT), *arguments]
         self.returncode: int | None = None

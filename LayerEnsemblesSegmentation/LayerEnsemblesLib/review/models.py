@@ -31,6 +31,8 @@ def resolve_model_path(path: str | os.PathLike | None) -> str:
 
 def stored_model_path(path: str | os.PathLike) -> str:
     """The path to store in a scene: relative when the file is one of the module's own."""
+    if not resolve_model_path(path):
+        return ""
     resolved = Path(resolve_model_path(path))
     try:
         return resolved.relative_to(MODULE_DIR).as_posix()

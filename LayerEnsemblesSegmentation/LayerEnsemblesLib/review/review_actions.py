@@ -119,6 +119,17 @@ class ReviewActions:
         self._changed()
         self._emit("result_shown", case)
 
+    def prediction(self, index: int | None = None):
+        """The engine's Prediction behind a case (the shown one by default), read from its bundle if needed.
+
+        For what the state does not carry: per-class AULA, the agreement curve, the head names.
+        """
+        index = self.state.current if index is None else index
+        if index is None or not 0 <= index < len(self.state.cases):
+            raise InputError("no case is shown: segment a volume or open a case first")
+        case = self.state.cases[index]
+        return self._loaded(case, self._results[case.segmentation_id]).prediction
+
     # -- settings --------------------------------------------------------------------------------------
 
     @action
@@ -274,7 +285,7 @@ class ReviewActions:
         The bundles are referred to relative to the scene, so the folder can be moved as a whole.
         """
         folder = Path(folder)
-        (folder / BUNDLE_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+        copies = []
         for case in self.state.cases:
             segmentation = self.context.node(case.segmentation_id)
             try:
@@ -282,14 +293,24 @@ class ReviewActions:
             except InputError as error:
                 self.state.status = str(error)
                 continue
-            target = folder / BUNDLE_SUBFOLDER / source.name
-            if source.resolve() != target.resolve():
-                shutil.copy2(source, target)
             relative = f"{BUNDLE_SUBFOLDER}/{source.name}"
+            copies.append((source, folder / relative))
             segmentation.SetAttribute(scene_cases.BUNDLE_ATTRIBUTE, relative)
             case.bundle_path = relative
+        # Bundles are copied after the scene is written: writing a scene folder empties it first.
+        copies = [
+            (source.read_bytes() if source.is_relative_to(folder) else source, target)
+            for source, target in copies
+        ]
+        folder.mkdir(parents=True, exist_ok=True)
         if not self.context.app_logic.SaveSceneToSlicerDataBundleDirectory(str(folder), None):
             raise InputError(f"{folder}: the scene could not be saved there")
+        (folder / BUNDLE_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+        for source, target in copies:
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copy2(source, target)
         scene_file = next(folder.glob("*.mrml"))
         self._changed(f"Saved to {scene_file}")
         return str(scene_file)
@@ -304,5 +325,5 @@ class ReviewActions:
                 self._add_case(case)
         if restored and self.state.current is None:
             self.open_case(0)
-        self._changed(f"{len(restored)} case(s) found in the scene.")
+        self._changed(f"{len(restored)} case(s) found in the scene." if restored else None)
         return len(restored)
