@@ -97,7 +97,11 @@ def test_token_middleware_guards_every_request_and_sets_the_cookie():
 
     async def scenario():
         app = web.Application(middlewares=[token_middleware("secret-token-1234")])
-        app.router.add_get("/index.html", lambda request: web.Response(text="page"))
+
+        async def page(_request):
+            return web.Response(text="page")
+
+        app.router.add_get("/index.html", page)
         async with TestClient(TestServer(app)) as client:
             refused = await client.get("/index.html")
             wrong = await client.get("/index.html?token=nope")
