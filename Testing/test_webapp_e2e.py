@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -390,22 +392,30 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
 # -- 6b. a bad model ----------------------------------------------------------------------------------
 
 
-def test_a_bad_model_is_one_error_line_and_the_views_still_work(browser, review_folder):
+def test_a_bad_model_is_one_error_line_and_the_views_still_work_behind_a_token(browser, review_folder):
+    """Also the access token on a real server: refused without it, the page and its websocket work with it."""
     bad_model = review_folder / "not_a_model.pt"
     bad_model.write_bytes(b"PK\x03\x04 definitely not a TorchScript archive")
     out = review_folder / "bad-model-out"
     inputs = review_folder / "one"
     inputs.mkdir()
     shutil.copy2(review_folder / "inputs" / f"{CASES[0]}.nii.gz", inputs)
-    review = ReviewServer([inputs], out, model=bad_model)
+    token = "a-test-token-for-this-review"
+    review = ReviewServer([inputs], out, model=bad_model, extra=["--token", token])
     try:
-        review.wait_ready()
+        review.wait_ready(query=f"?token={token}")
+        for address in (review.url, f"{review.url}index.html", f"{review.url}?token=wrong-token-0123456789"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(address, timeout=5)
+            assert refused.value.code == 403
         page = browser.new_page(viewport={"width": 1500, "height": 950})
-        page.goto(review.url)
+        assert page.goto(review.url).status == 403
+        page.goto(f"{review.url}?token={token}")
         wait_views(page)
         error = wait_until(lambda: page.inner_text("#le-error"), 30, message="error line")
         assert "not_a_model.pt" in error and "\n" not in error
         assert view_image(page, AXIAL).std() > 10  # the input is still shown
+        assert state(page, "le_rows") == []
         page.close()
     finally:
         review.stop()

@@ -101,14 +101,14 @@ class ReviewServer:
             command, stdout=self._log, stderr=subprocess.STDOUT, env=environment, start_new_session=True
         )
 
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Seconds from start until the page answers (redirects followed)."""
+    def wait_ready(self, timeout: float = 120.0, query: str = "") -> float:
+        """Seconds from start until the page answers (redirects followed; ``query``: e.g. the token)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"review server exited ({self.process.returncode}):\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:  # follows the 302
+                with urllib.request.urlopen(self.url + query, timeout=2) as response:  # follows the 302
                     if response.status == 200:
                         return time.monotonic() - self.started
             except (urllib.error.URLError, ConnectionError, TimeoutError):
