@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import IMAGE_SUFFIXES, case_id_from_path
 from ..errors import InputError
-from ..scene.worklist import IMAGE_SUFFIXES
 from .corrections import CORRECTED_SUFFIX
 
 REPORT_SUFFIX = "_report.json"
@@ -37,16 +37,8 @@ class ReviewInput:
     bundle: Path | None = None
 
 
-def case_name(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
 def _is_output(path: Path) -> bool:
-    name = case_name(path)
+    name = case_id_from_path(path)
     return any(name.endswith(marker) or f"{marker}_" in name for marker in OUTPUT_MARKERS)
 
 
@@ -77,13 +69,13 @@ def review_inputs(paths: list[str | Path]) -> list[ReviewInput]:
                 _from_reports(path, reports)
                 if reports
                 else [
-                    ReviewInput(case_name(p), p)
+                    ReviewInput(case_id_from_path(p), p)
                     for p in sorted(path.iterdir())
                     if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES) and not _is_output(p)
                 ]
             )
         elif path.exists():
-            found = [ReviewInput(case_name(path), path)]
+            found = [ReviewInput(case_id_from_path(path), path)]
         else:
             raise InputError(f"{path}: no such file or folder")
         for case in found:
