@@ -137,6 +137,8 @@ class ReviewWebApp(TrameApp):
         except InputError as error:
             self.load_errors.append(first_line(error, 300))
             cases = []
+        # The images an earlier run's reports name were chosen on the command line too (not by a browser).
+        self.roots = AllowedRoots([*self.inputs, self.out, *(case.image for case in cases)])
         for case in cases:
             try:
                 image = read_image(self.roots.resolve(case.image))
