@@ -68,7 +68,8 @@ class ReviewWebApp(TrameApp):
         self._shown_opacity = 0.5
         self._started = False
         self._drawn = None
-        self.controller.subscribe("state_changed", lambda _state: self.publish())
+        self._dirty = False  # the controller's state changed since the page was last updated
+        self.controller.subscribe("state_changed", self._mark_dirty)
         self.controller.set_device(device)
         self.host.editor.set_undo_stack(UndoStack())
         self.state.trame__title = "LayerEnsembles review"
@@ -117,7 +118,7 @@ class ReviewWebApp(TrameApp):
             self.start_review()
         while True:
             try:
-                if self.controller.poll() or self.controller.state.run.running:
+                if self.controller.poll() or self._dirty:
                     self.publish()
                 elif self.recorder.pending_resume(self.controller.state):
                     self.recorder.resume(self.controller, self.host.context)
@@ -156,8 +157,15 @@ class ReviewWebApp(TrameApp):
 
     # -- publishing ------------------------------------------------------------------------------------
 
+    def _mark_dirty(self, _state=None) -> None:
+        self._dirty = True
+
     def publish(self) -> None:
-        """Push the controller's state (and what the scene shows) to every connected page."""
+        """Push the controller's state (and what the scene shows) to every connected page.
+
+        Each action publishes once when it is done; changes the controller makes on its own (a run's
+        progress and results) are published by the poll timer."""
+        self._dirty = False
         state = self.controller.state
         values = page_state(state)
         errors = [line for line in (*self.load_errors, *self.recorder.errors, state.last_error) if line]
