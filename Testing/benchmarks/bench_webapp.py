@@ -84,14 +84,23 @@ def threshold_redraws(page, repeats: int) -> list[float]:
 
 
 def heads_redraws(page, repeats: int) -> list[float]:
+    """Key press to the axial view's next frame after the server shows the new kept heads."""
     slider = page.locator("#le-heads [role=slider]").first
     times = []
     for index in range(repeats):
         before = wait_frame_stable(page, AXIAL)
+        first, last = state(page, "le_heads_shown")
+        expected = [first + 1, last] if index % 2 == 0 else [first - 1, last]
         slider.focus()
         start = time.monotonic()
         slider.press("ArrowRight" if index % 2 == 0 else "ArrowLeft")
-        wait_frame_change(page, AXIAL, before, timeout=60, interval=0.02)
+        wait_until(
+            lambda expected=expected: state(page, "le_heads_shown") == expected, 120, 0.02, "heads shown"
+        )
+        try:
+            wait_frame_change(page, AXIAL, before, timeout=5, interval=0.02)
+        except AssertionError:
+            pass  # the shown slice did not change visibly: the server's update is the redraw
         times.append(time.monotonic() - start)
     return times
 
@@ -153,6 +162,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE.parents[1] / "benchmarks" / "webapp"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-hippocampus", action="store_true")
     parser.add_argument("--large-spacing", type=float, default=1.0, help="mm per voxel of the large volume")
     args = parser.parse_args()
     reason = browser_missing_reason()
@@ -167,7 +177,7 @@ def main() -> int:
         work = Path(folder)
         cases = []
         hippocampus = hippocampus_case()
-        if hippocampus is not None:
+        if hippocampus is not None and not args.skip_hippocampus:
             cases.append((hippocampus, "hippocampus"))
         if not args.skip_large:
             large = work / "large_256x256x160.nii.gz"

@@ -88,6 +88,7 @@ def page_state(state) -> dict[str, Any]:
         "le_threshold": round(float(threshold), 3),
         "le_threshold_text": f"{float(threshold):.3f}",
         "le_heads": heads,
+        "le_heads_shown": list(case.kept_heads) if case is not None and case.kept_heads else [],
         "le_head_count": head_count,
         "le_heatmap": state.heatmap_kind,
         "le_heatmap_kinds": [
