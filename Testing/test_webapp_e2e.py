@@ -167,6 +167,17 @@ def test_views_draw_mri_with_segmentation_and_heatmap_and_the_worklist_is_sorted
     assert "AULA" in state(page, "le_curve_title") and page.locator("#le-curve-svg polyline").count() >= 2
     save_screenshot(page, "webapp_review.png")
 
+    # The heatmap kind: another map is computed from the bundle (no network pass) and drawn.
+    before = wait_frame_stable(page, AXIAL)
+    page.locator(".v-select").first.click()
+    page.locator(".v-overlay .v-list-item", has_text="entropy").first.click()
+    wait_until(lambda: state(page, "le_heatmap") == "entropy", 10, message="entropy chosen")
+    wait_frame_change(page, AXIAL, before, timeout=30)
+    page.locator(".v-select").first.click()
+    page.locator(".v-overlay .v-list-item", has_text="layer disagreement").first.click()
+    wait_until(lambda: state(page, "le_heatmap") == "agreement", 10, message="agreement chosen again")
+    wait_frame_stable(page, AXIAL)
+
 
 # -- 2. threshold -------------------------------------------------------------------------------------
 
