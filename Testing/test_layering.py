@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "LayerEnsemblesSegmentation" / "LayerEnsemblesLib"
 SCENE_DIR = PACKAGE_DIR / "scene"
 REVIEW_DIR = PACKAGE_DIR / "review"  # the review controller: MRML through the scene logic, no GUI
+WEBAPP_DIR = PACKAGE_DIR / "webapp"
+TRAME = {"trame", "trame_slicer", "trame_client", "trame_server", "trame_vuetify", "trame_rca", "wslink"}
+WEBAPP_LAUNCHER = PACKAGE_DIR / "commands" / "review.py"  # starts the web app; imports it lazily
 SLICER_AND_GUI = {"slicer", "slicer_core", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MRMLCorePython"}
 # "from __main__ import qt" is the old Slicer idiom
 GUI = {"qt", "ctk", "PythonQt", "__main__", "trame", "trame_slicer"}
@@ -42,8 +45,43 @@ def imported_top_modules(path: Path) -> dict[str, int]:
 
 
 def engine_files() -> list[Path]:
-    return [p for p in python_files(PACKAGE_DIR) if SCENE_DIR not in p.parents and REVIEW_DIR not in p.parents
-            and "webapp" not in p.relative_to(PACKAGE_DIR).parts]
+    above_engine = (SCENE_DIR, REVIEW_DIR, WEBAPP_DIR)
+    return [p for p in python_files(PACKAGE_DIR) if not any(layer in p.parents for layer in above_engine)]
+
+
+def imports_webapp(path: Path) -> int | None:
+    """The line of an import of the web app package (relative or absolute), or None."""
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = [alias.name for alias in node.names]
+            if (node.level > 0 and (module.split(".")[0] == "webapp" or (not module and "webapp" in names))) \
+                    or module.startswith("LayerEnsemblesLib.webapp"):
+                return node.lineno
+        elif isinstance(node, ast.Import) and any(
+                alias.name.startswith("LayerEnsemblesLib.webapp") for alias in node.names):
+            return node.lineno
+    return None
+
+
+def test_only_the_web_app_imports_trame_and_nothing_below_it_imports_the_web_app():
+    offences = []
+    for path in python_files(PACKAGE_DIR):
+        if WEBAPP_DIR in path.parents:
+            continue
+        offences += [f"{path.relative_to(ROOT)}:{line} imports {name}"
+                     for name, line in imported_top_modules(path).items() if name in TRAME]
+        line = imports_webapp(path)
+        if line is not None and path != WEBAPP_LAUNCHER:
+            offences.append(f"{path.relative_to(ROOT)}:{line} imports the web app")
+    assert not offences, offences
+    assert python_files(WEBAPP_DIR), "the web app package is missing"
+
+
+def test_web_app_imports_no_qt():
+    offences = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in python_files(WEBAPP_DIR)
+                for name, line in imported_top_modules(p).items() if name in GUI - TRAME]
+    assert not offences, offences
 
 
 def test_engine_imports_no_slicer_vtk_or_qt():

@@ -25,6 +25,7 @@ COMMANDS = {
     "evaluate": "LayerEnsemblesLib.commands.evaluate",
     "calibrate": "LayerEnsemblesLib.commands.calibrate",
     "demo": "LayerEnsemblesLib.commands.demo",
+    "review": "LayerEnsemblesLib.commands.review",
 }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from .bootstrap import SceneContext
+from .decision import PREFIX as DECISION_PREFIX
 from .decision import store_decision
 from .geometry import same_geometry, uncrop
 from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views, write_heatmap
@@ -138,6 +139,14 @@ def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.
                                              maps=tuple(sorted(kinds)))
     segmentation = context.node(result.segmentation_id)
     input_node = context.node(result.input_id)
+    if _only_the_decision_changed(result, prediction, segmentation):
+        # A new threshold alone: the voxels in the scene stay right, only the decision and the plot's title
+        # change; rewriting segments and maps would cost seconds on a large volume.
+        result.prediction = prediction
+        store_decision(segmentation, prediction, result.metadata.name, result.metadata.classes)
+        write_agreement_plot(context, input_node, prediction, context.node(result.table_id),
+                             context.node(result.chart_id))
+        return result
     if segmentation is None or is_user_edited(segmentation):
         if segmentation is not None:
             segmentation.SetAttribute(EDITED_ATTRIBUTE, "true")
@@ -147,6 +156,22 @@ def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.
     result.prediction = prediction
     _write_all(context, result, reference, segmentation)
     return result
+
+
+def _only_the_decision_changed(result: CaseResult, prediction: Any, segmentation) -> bool:
+    """The engine returned the very same volumes, and they are the ones the scene shows (its stored kept
+    heads match; after a reopened scene the in-memory prediction may be another head range's)."""
+    old = result.prediction
+    if segmentation is None or prediction.segmentation is not old.segmentation:
+        return False
+    if set(prediction.maps) != set(old.maps) or not set(prediction.maps) <= set(result.heatmap_ids):
+        return False
+    if any(prediction.maps[kind] is not old.maps[kind] for kind in prediction.maps):
+        return False
+    first, stop = prediction.head_range
+    if segmentation.GetAttribute(DECISION_PREFIX + "KeptHeads") != f"{first}:{stop}":
+        return False
+    return not is_user_edited(segmentation)
 
 
 def next_region(context: SceneContext, result: CaseResult) -> UncertainRegion | None:

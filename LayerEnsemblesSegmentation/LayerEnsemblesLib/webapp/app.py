@@ -1,0 +1,336 @@
+"""The web review app: trame-slicer's views and Segment Editor bound to the review controller.
+
+The app holds no review state. The controller (``LayerEnsemblesLib.review``) owns the cases, settings and
+decisions; the page shows ``bindings.page_state(controller.state)``; every control calls one controller
+action; a timer calls ``controller.poll()`` so that what the child process finished reaches the scene on
+the server's main thread. The review file in the output folder is rewritten after every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from trame.app import TrameApp
+from trame_slicer.segmentation import (
+    SegmentationEffectErase,
+    SegmentationEffectPaint,
+    SegmentationEffectScissors,
+)
+from undo_stack import UndoStack
+
+from ..errors import InputError, first_line
+from ..fileio import read_image
+from ..review.controller import ReviewController
+from ..review.corrections import save_correction
+from ..review.inputs import review_inputs
+from ..review.paths import AllowedRoots
+from ..review.recorder import ReviewRecorder
+from ..scene.geometry import add_volume_from_image
+from .bindings import page_state, worklist_rows
+from .curve import curve_from_scene, curve_svg
+from .host import SlicerHost
+from .ui import build_ui
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.15
+TOOLS = {
+    "paint": SegmentationEffectPaint,
+    "erase": SegmentationEffectErase,
+    "scissors": SegmentationEffectScissors,
+}
+KEY_ACTIONS = {
+    "n": "next_case",
+    "ArrowDown": "next_case",
+    "p": "previous_case",
+    "ArrowUp": "previous_case",
+    "a": "accept",
+    "f": "flag",
+    "r": "next_region",
+    "h": "toggle_heatmap",
+}
+
+
+class ReviewWebApp(TrameApp):
+    """One review: one scene, one controller, one output folder, served to the browsers that connect."""
+
+    def __init__(self, inputs: list[Path], model: str, out: Path, device: str = "auto", server=None):
+        super().__init__(server)
+        self.out = Path(out)
+        self.model = model
+        self.inputs = inputs
+        self.roots = AllowedRoots([*inputs, self.out])
+        self.host = SlicerHost(self.server)
+        self.controller = ReviewController(self.host.context, bundle_folder=self.out / "bundles")
+        self.recorder = ReviewRecorder.open(self.out)
+        self.load_errors: list[str] = []
+        self._shown_opacity = 0.5
+        self._started = False
+        self._drawn = None
+        self._dirty = False  # the controller's state changed since the page was last updated
+        self.controller.subscribe("state_changed", self._mark_dirty)
+        self.controller.set_device(device)
+        self.host.editor.set_undo_stack(UndoStack())
+        self.state.trame__title = "LayerEnsembles review"
+        self.state.update(
+            {
+                "le_editing": False,
+                "le_tool": "",
+                "le_saved_text": "",
+                "le_slice_offset": None,
+                "le_curve_svg": "",
+                "le_started": False,
+            }
+        )
+        self.state.update(page_state(self.controller.state))
+        self.ui = build_ui(self.server, self.host.layout_manager, "LayerEnsembles review")
+        self._bind()
+        self.ctrl.on_server_ready.add(self._on_ready)
+
+    # -- wiring ----------------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        ctrl = self.ctrl
+        ctrl.le_next_case = lambda: self.step_case(+1)
+        ctrl.le_previous_case = lambda: self.step_case(-1)
+        ctrl.le_next_region = lambda: self._act("next_region")
+        ctrl.le_accept = lambda: self._act("accept")
+        ctrl.le_flag = lambda: self._act("flag")
+        ctrl.le_correct = self.start_correction
+        ctrl.le_undo = self.undo
+        ctrl.le_save = self.save_correction
+        ctrl.le_toggle_heatmap = self.toggle_heatmap
+        self.server.trigger("le_open_case")(lambda index: self._act("open_case", int(index)))
+        self.server.trigger("le_tool")(self.select_tool)
+        self.server.trigger("le_key")(self.on_key)
+        self.state.change("le_threshold")(self._on_threshold)
+        self.state.change("le_heads")(self._on_heads)
+        self.state.change("le_heatmap")(self._on_heatmap)
+        self.state.change("le_opacity")(self._on_opacity)
+
+    def _on_ready(self, **_kwargs) -> None:
+        asyncio.ensure_future(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        if not self._started:
+            self._started = True
+            self.start_review()
+        while True:
+            try:
+                if self.controller.poll() or self._dirty:
+                    self.publish()
+                elif self.recorder.pending_resume(self.controller.state):
+                    self.recorder.resume(self.controller, self.host.context)
+                    self.publish()
+            except Exception:  # noqa: BLE001 - the timer must survive anything; the error is logged
+                log.exception("LayerEnsembles review: poll failed")
+            await asyncio.sleep(POLL_SECONDS)
+
+    # -- start-up --------------------------------------------------------------------------------------
+
+    def start_review(self) -> None:
+        """Load the model and the cases, and start segmenting them in the child process."""
+        model_ok = bool(self.controller.load_model(self.model))
+        volumes = []
+        try:
+            cases = review_inputs(self.inputs)
+        except InputError as error:
+            self.load_errors.append(first_line(error, 300))
+            cases = []
+        # The images an earlier run's reports name were chosen on the command line too (not by a browser).
+        self.roots = AllowedRoots([*self.inputs, self.out, *(case.image for case in cases)])
+        for case in cases:
+            try:
+                image = read_image(self.roots.resolve(case.image))
+            except InputError as error:
+                self.load_errors.append(first_line(error, 300))
+                continue
+            volumes.append(add_volume_from_image(self.host.context.scene, image, case.name))
+            self.recorder.inputs[case.name] = str(case.image)
+        if volumes:
+            self.host.app.display_manager.show_volume(volumes[0], do_reset_views=True)
+        if model_ok and volumes:
+            self.controller.segment_volumes(volumes)
+        self.state.le_started = True
+        self.publish()
+
+    # -- publishing ------------------------------------------------------------------------------------
+
+    def _mark_dirty(self, _state=None) -> None:
+        self._dirty = True
+
+    def publish(self) -> None:
+        """Push the controller's state (and what the scene shows) to every connected page.
+
+        Each action publishes once when it is done; changes the controller makes on its own (a run's
+        progress and results) are published by the poll timer."""
+        self._dirty = False
+        state = self.controller.state
+        values = page_state(state)
+        errors = [line for line in (*self.load_errors, *self.recorder.errors, state.last_error) if line]
+        values["le_error"] = errors[-1] if errors else ""
+        values["le_errors"] = errors
+        case = state.current_case
+        title, curves = curve_from_scene(self.host.context, case.segmentation_id if case else None)
+        values["le_curve_svg"] = curve_svg(title, curves)
+        values["le_curve_title"] = title
+        values["le_slice_offset"] = self.host.red_slice_offset()
+        record = self.recorder.get(case.name) if case is not None else None
+        values["le_saved_text"] = (
+            f"corrected file: {record.corrected_file}" if record and record.corrected_file else ""
+        )
+        self.recorder.sync(state)
+        signature = _view_signature(state)
+        if signature != self._drawn:  # a new frame only when what the views show changed
+            self._drawn = signature
+            self.host.schedule_render()
+        with self.state:
+            self.state.update(values)
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    def _act(self, name: str, *args):
+        if self.state.le_editing:
+            self.stop_editing()
+        result = getattr(self.controller, name)(*args)
+        self.publish()
+        return result
+
+    def step_case(self, step: int) -> None:
+        """Next or previous case in the worklist's order (most doubtful first), wrapping round."""
+        rows = worklist_rows(self.controller.state)
+        if not rows:
+            self._act("next_case")  # the controller says there is none, in one line
+            return
+        position = next((i for i, row in enumerate(rows) if row["current"]), -1 if step > 0 else 0)
+        self._act("open_case", rows[(position + step) % len(rows)]["index"])
+
+    def on_key(self, key: str) -> None:
+        action = KEY_ACTIONS.get(key)
+        if action == "toggle_heatmap":
+            self.toggle_heatmap()
+        elif action in ("next_case", "previous_case"):
+            self.step_case(+1 if action == "next_case" else -1)
+        elif action is not None:
+            self._act(action)
+
+    def toggle_heatmap(self) -> None:
+        opacity = self.controller.state.heatmap_opacity
+        if opacity > 0:
+            self._shown_opacity = opacity
+        self.controller.set_heatmap(opacity=0.0 if opacity > 0 else self._shown_opacity)
+        self.publish()
+
+    def _on_threshold(self, le_threshold, **_kwargs) -> None:
+        current = self.controller.state.threshold
+        if le_threshold is None or (current is not None and abs(float(le_threshold) - current) < 5e-4):
+            return
+        self.controller.set_threshold(round(float(le_threshold), 3))
+        self.publish()
+
+    def _on_heads(self, le_heads, **_kwargs) -> None:
+        if not le_heads or len(le_heads) != 2:
+            return
+        first, last = (int(round(float(v))) for v in le_heads)
+        if self.controller.state.kept_heads == (first, last):
+            return
+        self.controller.set_kept_heads(first, last)
+        self.publish()
+
+    def _on_heatmap(self, le_heatmap, **_kwargs) -> None:
+        if le_heatmap and le_heatmap != self.controller.state.heatmap_kind:
+            self.controller.set_heatmap(kind=le_heatmap)
+            self.publish()
+
+    def _on_opacity(self, le_opacity, **_kwargs) -> None:
+        if le_opacity is not None and abs(float(le_opacity) - self.controller.state.heatmap_opacity) > 1e-3:
+            self.controller.set_heatmap(opacity=float(le_opacity))
+            self.publish()
+
+    # -- correction ------------------------------------------------------------------------------------
+
+    def start_correction(self) -> None:
+        nodes = self.controller.hand_off_for_correction()
+        if not nodes:
+            self.publish()
+            return
+        segmentation, volume = nodes
+        self.host.editor.set_active_segmentation(segmentation, volume)
+        self.state.le_editing = True
+        self.select_tool("paint")
+
+    def select_tool(self, name: str) -> None:
+        if not self.state.le_editing or name not in TOOLS:
+            return
+        self.host.editor.set_active_effect_type(TOOLS[name])
+        self.state.le_tool = name
+
+    def undo(self) -> None:
+        stack = self.host.editor.undo_stack
+        if stack is not None and stack.can_undo():
+            stack.undo()
+
+    def stop_editing(self) -> None:
+        self.host.editor.deactivate_effect()
+        self.state.le_editing, self.state.le_tool = False, ""
+
+    def save_correction(self) -> None:
+        state = self.controller.state
+        case = state.current_case
+        nodes = self.controller.hand_off_for_correction()
+        if case is None or not nodes:
+            self.publish()
+            return
+        segmentation, volume = nodes
+        try:
+            path = save_correction(segmentation, volume, self.roots.resolve(self.out), case.name)
+        except (InputError, OSError, ValueError) as error:
+            self.load_errors.append(f"{case.name}: correction not saved ({first_line(error, 200)})")
+            self.publish()
+            return
+        self.stop_editing()
+        self.recorder.note_correction(case.name, str(path))
+        self.controller.mark_corrected()
+        self.publish()
+
+
+def _view_signature(state) -> tuple:
+    case = state.current_case
+    return (
+        state.current,
+        case.segmentation_id if case else None,
+        case.score if case else None,
+        state.heatmap_kind,
+        state.heatmap_opacity,
+        state.kept_heads,
+        state.threshold,
+        state.region_index,
+        len(state.cases),
+    )
+
+
+def serve(
+    inputs: list[Path],
+    model: str,
+    out: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    device: str = "auto",
+    token: str | None = None,
+) -> None:
+    """Start the server (blocking) for one review."""
+    app = ReviewWebApp(inputs, model, out, device)
+    if token is not None:
+        from .security import TOKEN_QUERY, token_middleware
+
+        app.ctrl.on_server_bind.add(
+            lambda wslink_server: wslink_server.app.middlewares.append(token_middleware(token))
+        )
+        print(f"Access token (shown once): open http://{host}:{port}/?{TOKEN_QUERY}={token}", flush=True)
+    print(
+        f"LayerEnsembles review of {len(inputs)} input(s) on http://{host}:{port}/ "
+        "(one server serves one review; start one per reviewer)",
+        flush=True,
+    )
+    app.server.start(host=host, port=port, open_browser=False, show_connection_info=False)

@@ -1,0 +1,68 @@
+"""trame-slicer's Slicer core (scene, logics, views) and the scene context the review layers take.
+
+trame-slicer's ``SlicerApp`` registers a plain MRML colour logic; the scene logic needs Slicer's colour
+logic (colour legends), registered here like Slicer's application does at start-up: application logic
+first, then the scene.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no display: straight to EGL
+
+import slicer  # noqa: E402
+from trame_slicer.core import LayoutManager, SlicerApp  # noqa: E402
+from trame_slicer.rca_view import register_rca_factories  # noqa: E402
+
+from ..scene.bootstrap import SceneContext, _application_home  # noqa: E402
+
+LAYOUT = "Axial Primary"
+
+
+class SlicerHost:
+    """The Slicer core of one server: one scene, its views streamed to the browser, its segment editor."""
+
+    def __init__(self, server):
+        self.app = SlicerApp()
+        home = _application_home()
+        self.app.app_logic.SetHomeDirectory(home)
+        self.app.app_logic.SetShareDirectory("share")
+        self.app.app_logic.SetTemporaryPath(home)
+        colors = slicer.vtkSlicerColorLogic()
+        colors.SetMRMLApplicationLogic(self.app.app_logic)
+        colors.SetMRMLScene(self.app.scene)
+        self.app.app_logic.SetModuleLogic("Colors", colors)
+        self.context = SceneContext(
+            self.app.scene,
+            self.app.app_logic,
+            colors,
+            self.app.volumes_logic,
+            self.app.segmentations_logic,
+            self.app.subject_hierarchy_logic,
+        )
+        register_rca_factories(self.app.view_manager, server)
+        self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout(LAYOUT)
+
+    @property
+    def editor(self):
+        return self.app.segmentation_editor
+
+    def reset_views(self) -> None:
+        self.app.display_manager.reset_views()
+
+    def schedule_render(self) -> None:
+        """Ask the slice views for a new frame: slice-layer changes (foreground opacity, volumes) made on
+        MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view (CPU
+        volume rendering, the costly one) redraws on its own when what it shows changes."""
+        for view in self.app.view_manager.get_slice_views():
+            view.schedule_render()
+
+    def red_slice_offset(self) -> float | None:
+        for index in range(self.app.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            node = self.app.scene.GetNthNodeByClass(index, "vtkMRMLSliceNode")
+            if node.GetOrientation() == "Axial" or node.GetLayoutName() == "Red":
+                return float(node.GetSliceOffset())
+        return None
