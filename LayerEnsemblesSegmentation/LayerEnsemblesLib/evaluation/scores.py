@@ -82,6 +82,50 @@ def map_scores(maps: Mapping[str, sitk.Image], names: Iterable[str] = MAP_SCORES
     return row
 
 
+PAIR_PREFIX = "pair_"
+
+
+def pair_columns(aula: Any) -> dict[str, float]:
+    """``pair_<target>_<j>``: Dice between heads j and j + 1 of the agreement curve, per class and union.
+
+    Recorded (``evaluate --pair-curves``) from a recombination over *all* heads, so that which heads enter
+    AULA, pair weights and learned combinations can be explored afterwards from ``cases.csv`` alone.
+    These are features, not scores: the ``pair_`` prefix keeps them out of the report's score tables.
+    """
+    if aula is None:
+        return {}
+    row: dict[str, float] = {}
+    for target, curve in (_field(aula, "curves") or {}).items():
+        for index, value in enumerate(curve):
+            row[f"{PAIR_PREFIX}{column_name(target)}_{index}"] = float("nan") if value is None else float(value)
+    return row
+
+
+def volume_columns(segmentation: sitk.Image, classes: Mapping[str, int]) -> dict[str, float]:
+    """Predicted volume in millilitres per foreground class and for their union (``volume_<target>_ml``)."""
+    labels = sitk.GetArrayViewFromImage(segmentation)
+    voxel_ml = float(np.prod(segmentation.GetSpacing())) / 1000.0
+    row = {f"volume_{column_name(n)}_ml": float((labels == v).sum()) * voxel_ml for n, v in classes.items()}
+    row["volume_union_ml"] = float(np.isin(labels, list(classes.values())).sum()) * voxel_ml
+    return row
+
+
+def foreground_map_means(maps: Mapping[str, sitk.Image], segmentation: sitk.Image) -> dict[str, float]:
+    """``<map>_fgmean``: a map's mean over the predicted foreground, a size-unbiased aggregation.
+
+    A sum grows with the structure and a whole-image mean shrinks with the field of view; the mean over
+    the segmented voxels measures how uncertain the structure itself is. NaN when nothing is segmented.
+    """
+    foreground = sitk.GetArrayViewFromImage(segmentation) != 0
+    row: dict[str, float] = {}
+    for name, image in maps.items():
+        if image is None or name not in MAP_SCORES:
+            continue
+        values = sitk.GetArrayViewFromImage(image)
+        row[f"{name}_fgmean"] = float(values[foreground].mean()) if foreground.any() else float("nan")
+    return row
+
+
 def image_scores(
     prediction: Any, with_aula: bool = True, maps: Iterable[str] = MAP_SCORES
 ) -> dict[str, float]:
