@@ -121,8 +121,22 @@ def test_head_curve_cost_and_run_files(evaluation):
 def test_report_files(evaluation):
     _, out, *_ = evaluation
     report = (out / "report.md").read_text()
-    for heading in ("Table 1", "Table 2", "Fig. 2", "Fig. 3", "Cost", "Clean cases only"):
+    for heading in (
+        "Table 1",
+        "Table 2",
+        "Fig. 2",
+        "Fig. 3",
+        "Cost",
+        "Clean cases only",
+        "Failure detection",
+    ):
         assert heading in report
+    failure_rows = [
+        line for line in report.splitlines() if line.startswith("| LE | AULA (normalised) union | ")
+    ]
+    # Table 2 over all conditions (ρ with its case interval) and the failure-detection table have intervals;
+    # Table 2 on clean cases (a p-value) and the QC table do not
+    assert len(failure_rows) == 4 and sum("[" in row for row in failure_rows) == 2
     assert "| **LE** | 4 |" in report  # reference row of Table 1 over 2 cases x 2 conditions
     assert "| DE | entropy (sum) |" in report
     for figure in ("fig2_qc.png", "fig2_qc_main.png", "fig3_heads.png", "scores_vs_dice.png"):

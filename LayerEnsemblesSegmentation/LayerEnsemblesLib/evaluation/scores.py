@@ -97,7 +97,9 @@ def pair_columns(aula: Any) -> dict[str, float]:
     row: dict[str, float] = {}
     for target, curve in (_field(aula, "curves") or {}).items():
         for index, value in enumerate(curve):
-            row[f"{PAIR_PREFIX}{column_name(target)}_{index}"] = float("nan") if value is None else float(value)
+            row[f"{PAIR_PREFIX}{column_name(target)}_{index}"] = (
+                float("nan") if value is None else float(value)
+            )
     return row
 
 
