@@ -64,6 +64,7 @@ class ModelMetadata:
     patch_size: list[int] = field(default_factory=list)
     size_divisor: list[int] = field(default_factory=list)
     aula_threshold: float | None = None
+    quality_map: dict[str, Any] | None = None  # score -> estimated Dice; see LayerEnsemblesLib.quality
     kind: str = "layer_ensemble"
     members: int = 1
     samples: int = 1
@@ -139,6 +140,16 @@ class ModelMetadata:
             problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
         if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
             problems.append("aula_threshold must be in [0, 1]")
+        if self.quality_map is not None:
+            from .quality import QualityMap
+
+            if not isinstance(self.quality_map, dict):
+                problems.append("quality_map must be null or an object")
+            else:
+                try:
+                    problems += QualityMap.from_dict(self.quality_map).problems()
+                except TypeError as error:
+                    problems.append(f"quality_map is malformed ({error})")
         if self.head_upsampling != HEAD_UPSAMPLING:
             problems.append(f"head_upsampling {self.head_upsampling!r} is not supported")
         if problems:

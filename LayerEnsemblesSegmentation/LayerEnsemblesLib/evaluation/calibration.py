@@ -23,6 +23,7 @@ import numpy as np
 
 from ..contract import ModelMetadata
 from ..errors import InputError
+from ..quality import QualityMap
 from .archive import rewrite_metadata
 
 DEFAULT_SCORE = "aula_norm_union"
@@ -107,25 +108,48 @@ def choose_threshold(
 
 def write_threshold(
     model: str | Path,
-    calibration: Calibration,
+    calibration: Calibration | None,
     destination: str | Path,
     overwrite: bool = False,
     data: str = "",
+    quality_map: QualityMap | None = None,
+    held_out: dict | None = None,
 ) -> ModelMetadata:
-    """Save ``model`` to ``destination`` with the calibrated threshold in its metadata."""
+    """Save ``model`` to ``destination`` with the calibrated threshold and/or quality map in its metadata.
+
+    Only the engine's decision score may carry the threshold: a threshold on another score would be
+    applied to the wrong number by ``segment`` and the Slicer module.
+    """
+    for score in [c.score for c in (calibration, quality_map) if c is not None]:
+        if score != DEFAULT_SCORE:
+            raise InputError(
+                f"{model}: the engine decides on {DEFAULT_SCORE}; a threshold or quality map for {score} "
+                "would be applied to a different number, so it is not written"
+            )
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def update(metadata: ModelMetadata) -> None:
         if metadata.kind != "layer_ensemble":
             raise InputError(
                 f"{model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
             )
-        metadata.aula_threshold = round(calibration.threshold, 6)
         metadata.provenance = dict(metadata.provenance)
-        record = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(calibration).items()
-        }
-        record.update(data=data, date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        metadata.provenance["aula_calibration"] = record
+        if calibration is not None:
+            metadata.aula_threshold = round(calibration.threshold, 6)
+            record = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(calibration).items()
+            }
+            record.update(data=data, date=date)
+            metadata.provenance["aula_calibration"] = record
+        if quality_map is not None:
+            metadata.quality_map = quality_map.to_dict()
+            metadata.provenance["quality_map_calibration"] = {
+                "data": data,
+                "date": date,
+                "skip_heads": metadata.skip_heads,
+                **({"held_out": held_out} if held_out else {}),
+            }
 
     _, metadata = rewrite_metadata(model, destination, update, overwrite=overwrite)
     return metadata

@@ -28,6 +28,7 @@ from ..contract import ModelMetadata
 from ..devices import device_report, is_out_of_memory, release_cached_memory
 from ..errors import InputError
 from ..preprocessing import NetworkGeometry, to_input_space
+from ..quality import NO_MAP_TEXT, DiceEstimate, quality_map_of, score_value
 from ..uncertainty import DEFAULT_AULA_THRESHOLD, UNION, AulaResult, aula_from_confusions
 from .reduction import MAP_NAMES, HeadStream, ReducedVolumes
 
@@ -156,6 +157,7 @@ class Prediction:
         self.score = aula.score
         self.accepted, self.reason = _decide(aula, threshold)
         self.decision = "accepted" if self.accepted else "flagged"
+        self.estimated_dice, self.estimated_dice_text = _estimate_quality(session, head_range, aula)
         self._probabilities: sitk.Image | None = None
 
     @property
@@ -233,6 +235,8 @@ class Prediction:
             "threshold_source": self.threshold_source,
             "decision": self.decision,
             "accepted": self.accepted,
+            "estimated_dice": None if self.estimated_dice is None else self.estimated_dice.to_dict(),
+            "estimated_dice_text": self.estimated_dice_text,
             "reason": self.reason,
             "classes": [{"name": c.name, "value": c.value} for c in metadata.classes],
             "maps": list(self.maps),
@@ -293,6 +297,29 @@ def build_prediction(
     return Prediction(
         session, head_range, segmentation, map_images, aula, threshold, threshold_source, timings
     )
+
+
+def _estimate_quality(
+    session: InferenceSession, head_range: tuple[int, int], aula: AulaResult
+) -> tuple[DiceEstimate | None, str]:
+    """The model's estimated Dice for this result, or None with the reason shown instead.
+
+    The map was fitted on the model's default kept heads; another head range gives another score
+    distribution, so no estimate is offered for it rather than a wrong one.
+    """
+    quality = quality_map_of(session.metadata)
+    if quality is None:
+        return None, NO_MAP_TEXT
+    default = (session.metadata.skip_heads, len(session.member_names))
+    if tuple(head_range) != default:
+        return None, (
+            f"no estimated Dice for heads {head_range[0]}:{head_range[1]} (the quality map is calibrated "
+            f"for the default heads {default[0]}:{default[1]})"
+        )
+    estimate = quality.estimate(score_value(aula, quality.score))
+    if estimate is None:
+        return None, f"no estimated Dice ({quality.score} is undefined for this result)"
+    return estimate, estimate.text()
 
 
 def _decide(aula: AulaResult, threshold: float) -> tuple[bool, str]:
