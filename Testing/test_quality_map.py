@@ -162,3 +162,86 @@ def test_segment_reports_the_estimated_dice_or_says_there_is_none(calibrated, tm
         report["estimated_dice"] is None
         and "calibrated for the default heads" in report["estimated_dice_text"]
     )
+
+
+def test_decision_scores_from_the_aula_result():
+    from LayerEnsemblesLib.decision_scores import score_value
+    from LayerEnsemblesLib.uncertainty import aula_from_labels
+
+    ramp = [np.zeros((4, 4), int) for _ in range(3)]
+    for index, label in enumerate(ramp):
+        label[:2, :2] = 1  # class A: identical in every head
+        label[2:, : 1 + index] = 2  # class B grows head by head
+    aula = aula_from_labels(ramp, {"background": 0, "Class A": 1, "B": 2})
+    a, b = aula.normalized["Class A"], aula.normalized["B"]
+    assert a == 1.0 and b < 1.0
+    assert score_value(aula, "aula_norm_class_mean") == pytest.approx((a + b) / 2)
+    assert score_value(aula, "aula_norm_class_a") == a
+    assert score_value(aula, "aula_norm_union") == aula.normalized["union"]
+    assert score_value(aula.to_dict(), "aula_norm_class_mean") == pytest.approx((a + b) / 2)
+    assert np.isnan(score_value(aula, "entropy_sum"))
+
+
+def test_calibrate_can_switch_the_decision_score_and_segment_decides_on_it(calibrated, tmp_path):
+    model, *_ = calibrated
+    ids, scores, dice = _validation()
+    path = tmp_path / "cases.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["method", "kind", "case", "condition", "aula_norm_class0", "aula_norm_class1", "dice_mean"]
+        )
+        for index, (case, score, value) in enumerate(zip(ids, scores, dice, strict=True)):
+            writer.writerow(["LE", "layer_ensemble", case, f"c{index % 6}", score, score - 0.02, value])
+    common = ["calibrate", "--model", model, "--from-csv", path, "--decision-score", "aula_norm_class_mean"]
+    refused = run_cli(*common, "--quality-map", "--out", tmp_path / "no.pt")
+    assert refused.returncode == 2 and "needs a threshold" in refused.stderr
+    out = tmp_path / "class_mean.pt"
+    done = run_cli(*common, "--quality-map", "--target-dice", "0.8", "--sensitivity", "0.9", "--out", out)
+    assert done.returncode == 0, done.stderr
+    metadata = read_metadata(out)
+    assert metadata.decision_score == "aula_norm_class_mean"
+    assert metadata.quality_map["score"] == "aula_norm_class_mean"
+    assert read_metadata(model).decision_score == "aula_norm_union"  # the default of older files
+    image, _ = sphere_image(noise=0.3, seed=4)
+    sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
+    result = run_cli(
+        "segment", tmp_path / "case.nii.gz", "--model", out, "--out", tmp_path / "seg", "--maps", "none"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "seg" / "case_report.json").read_text())
+    classes = [v for k, v in report["aula"]["normalized"].items() if k != "union"]
+    assert report["score_name"] == "aula_norm_class_mean"
+    assert report["score"] == pytest.approx(sum(classes) / len(classes))
+    assert report["accepted"] == (report["score"] >= metadata.aula_threshold)
+
+
+def test_contract_rejects_a_map_of_another_score(tiny_model_file):
+    metadata = read_metadata(tiny_model_file)
+    metadata.quality_map = QualityMap(
+        "aula_norm_class_mean", [0.5, 1.0], [0.4, 0.8], [0.3, 0.7], [0.5, 0.9]
+    ).to_dict()
+    with pytest.raises(InputError, match="not the decision score 'aula_norm_union'"):
+        metadata.validate("model.pt")
+    metadata.decision_score = "aula_norm_class_mean"
+    metadata.validate("model.pt")
+    metadata.decision_score = "entropy_sum"
+    with pytest.raises(InputError, match="not an aula_norm_"):
+        metadata.validate("model.pt")
+
+
+def test_nested_selection_finds_the_informative_score():
+    from LayerEnsemblesLib.evaluation import score_selection
+
+    ids, scores, dice = _validation(seed=2)
+    rng = np.random.default_rng(5)
+    found = [
+        score_selection.Candidate("informative", "", scores),
+        score_selection.Candidate("noise", "", rng.uniform(size=scores.size)),
+    ]
+    result = score_selection.nested_selection(ids, dice, found, 0.8, outer=5, inner=3)
+    assert result["picks"] == ["informative"] * 5
+    assert np.allclose(result["selected"], scores)
+    pairs = np.array([[0.9, 0.8, 0.6], [0.5, 0.7, 0.9]])
+    assert score_selection.normalised_aula(pairs, 0).tolist() == pytest.approx([(0.45 + 0.8 + 0.3) / 2, 0.7])
+    assert score_selection.normalised_aula(pairs, 2).tolist() == [0.6, 0.9]

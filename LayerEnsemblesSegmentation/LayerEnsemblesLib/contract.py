@@ -65,6 +65,7 @@ class ModelMetadata:
     size_divisor: list[int] = field(default_factory=list)
     aula_threshold: float | None = None
     quality_map: dict[str, Any] | None = None  # score -> estimated Dice; see LayerEnsemblesLib.quality
+    decision_score: str = "aula_norm_union"  # see LayerEnsemblesLib.decision_scores
     kind: str = "layer_ensemble"
     members: int = 1
     samples: int = 1
@@ -140,6 +141,10 @@ class ModelMetadata:
             problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
         if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
             problems.append("aula_threshold must be in [0, 1]")
+        from .decision_scores import is_known
+
+        if not is_known(self.decision_score):
+            problems.append(f"decision_score {self.decision_score!r} is not an aula_norm_* score")
         if self.quality_map is not None:
             from .quality import QualityMap
 
@@ -147,7 +152,13 @@ class ModelMetadata:
                 problems.append("quality_map must be null or an object")
             else:
                 try:
-                    problems += QualityMap.from_dict(self.quality_map).problems()
+                    quality = QualityMap.from_dict(self.quality_map)
+                    problems += quality.problems()
+                    if quality.score != self.decision_score:
+                        problems.append(
+                            f"quality_map maps {quality.score!r}, not the decision score "
+                            f"{self.decision_score!r}"
+                        )
                 except TypeError as error:
                     problems.append(f"quality_map is malformed ({error})")
         if self.head_upsampling != HEAD_UPSAMPLING:

@@ -101,20 +101,6 @@ def quality_map_of(metadata: Any) -> QualityMap | None:
     return QualityMap.from_dict(document) if document else None
 
 
-def score_value(aula: Any, score: str) -> float:
-    """The value of a named image-level score from the engine's AULA result (``aula_norm_<target>``)."""
-    from .evaluation.metrics import column_name  # the same column names as cases.csv
-
-    prefix = "aula_norm_"
-    if not score.startswith(prefix):
-        return math.nan
-    target = score[len(prefix) :]
-    for name, value in (getattr(aula, "normalized", None) or {}).items():
-        if column_name(name) == target:
-            return math.nan if value is None else float(value)
-    return math.nan
-
-
 def describe(estimate: DiceEstimate | None, reason: str = NO_MAP_TEXT) -> str:
     """ "estimated Dice 0.84 (0.78–0.88)", or why there is none."""
     return estimate.text() if estimate is not None else reason

@@ -66,8 +66,15 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--score",
-        default="aula_norm_union",
-        help="the normalised AULA column (default aula_norm_union, the one the engine's decision uses)",
+        default=None,
+        help="the score column (default: the model's decision_score, the one the engine decides on; "
+        "another score is reported but not written)",
+    )
+    parser.add_argument(
+        "--decision-score",
+        metavar="SCORE",
+        help="make SCORE (e.g. aula_norm_class_mean) the model's decision score; needs a threshold "
+        "(--target-dice, --sensitivity) and calibrates it, and the quality map, on SCORE",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--out", help="write the calibrated model to this new file")
@@ -167,6 +174,7 @@ def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..contract import read_metadata
+    from ..decision_scores import decision_score_of
     from ..evaluation.calibration import choose_threshold, write_threshold
 
     wants_threshold = args.target_dice is not None or args.sensitivity is not None
@@ -186,6 +194,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"{args.model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
         )
+    if args.decision_score:
+        from ..decision_scores import is_known
+
+        if not is_known(args.decision_score):
+            raise InputError(f"--decision-score {args.decision_score}: not an aula_norm_* score")
+        if args.score and args.score != args.decision_score:
+            raise InputError("--score and --decision-score name different scores")
+    args.score = args.score or args.decision_score or decision_score_of(metadata)
     if args.from_csv:
         scores, dice, data, case_ids = _pairs_from_csv(args.from_csv, args.method, args.score, args.metric)
         _warn_if_other_model(args.from_csv, data, args.model)
@@ -228,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
         data=data,
         quality_map=quality,
         held_out=held_out,
+        decision_score=args.decision_score,
     )
     written = [f"aula_threshold {calibration.threshold:.4f}"] if calibration else []
     written += [f"quality_map with {len(quality.scores)} knots"] if quality else []

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import ModelMetadata
+from ..decision_scores import decision_score_of
 from ..errors import InputError
 from ..quality import QualityMap
 from .archive import rewrite_metadata
@@ -114,18 +115,13 @@ def write_threshold(
     data: str = "",
     quality_map: QualityMap | None = None,
     held_out: dict | None = None,
+    decision_score: str | None = None,
 ) -> ModelMetadata:
     """Save ``model`` to ``destination`` with the calibrated threshold and/or quality map in its metadata.
 
     Only the engine's decision score may carry the threshold: a threshold on another score would be
     applied to the wrong number by ``segment`` and the Slicer module.
     """
-    for score in [c.score for c in (calibration, quality_map) if c is not None]:
-        if score != DEFAULT_SCORE:
-            raise InputError(
-                f"{model}: the engine decides on {DEFAULT_SCORE}; a threshold or quality map for {score} "
-                "would be applied to a different number, so it is not written"
-            )
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def update(metadata: ModelMetadata) -> None:
@@ -133,6 +129,21 @@ def write_threshold(
             raise InputError(
                 f"{model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
             )
+        if decision_score is not None and decision_score != decision_score_of(metadata):
+            if calibration is None:
+                raise InputError(
+                    f"{model}: changing the decision score to {decision_score} needs a threshold for it "
+                    "(--target-dice and --sensitivity)"
+                )
+            metadata.decision_score = decision_score
+            metadata.quality_map = None  # a map of the old score would be applied to the new one
+        decides_on = decision_score_of(metadata)
+        for score in [c.score for c in (calibration, quality_map) if c is not None]:
+            if score != decides_on:
+                raise InputError(
+                    f"{model}: the engine decides on {decides_on}; a threshold or quality map for {score} "
+                    "would be applied to a different number, so it is not written"
+                )
         metadata.provenance = dict(metadata.provenance)
         if calibration is not None:
             metadata.aula_threshold = round(calibration.threshold, 6)

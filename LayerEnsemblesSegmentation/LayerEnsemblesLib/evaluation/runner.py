@@ -241,7 +241,7 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
     text_columns = {"method", "kind", "case", "condition", "shift", "device"}
     parsed = []
     for row in rows:
-        values = {k: (v if k in text_columns else _number(v)) for k, v in row.items()}
+        values = scores.add_class_mean({k: (v if k in text_columns else _number(v)) for k, v in row.items()})
         for key in ("severity", "skip_heads", "kept_heads"):  # integers, so a resumed file stays uniform
             if isinstance(values.get(key), float) and math.isfinite(values[key]):
                 values[key] = int(values[key])

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from .metrics import column_name
 
 MAP_SCORES = ("entropy", "mutual_information", "variance")
+CLASS_MEAN = "aula_norm_class_mean"
 MAP_REDUCTIONS = ("sum", "mean")
 AULA_FORMS = ("raw", "norm")
 
@@ -42,6 +43,8 @@ def uncertainty(score: str, values) -> np.ndarray:
 
 def score_label(score: str) -> str:
     """A readable name for plots and tables."""
+    if score == CLASS_MEAN:
+        return "AULA (normalised) class mean"
     if score.startswith("aula_"):
         _, form, *target = score.split("_")
         return f"AULA {'(normalised) ' if form == 'norm' else ''}{'_'.join(target)}"
@@ -67,6 +70,23 @@ def aula_scores(aula: Any) -> dict[str, float]:
         values = _field(aula, field) or {}
         for name, value in values.items():
             row[f"aula_{form}_{column_name(name)}"] = float("nan") if value is None else float(value)
+    return add_class_mean(row)
+
+
+def add_class_mean(row: dict[str, Any]) -> dict[str, Any]:
+    """Add ``aula_norm_class_mean`` (a decision score) from the per-class columns, if absent.
+
+    Evaluations written before the score existed get it on reading, so their reports and
+    ``calibrate --from-csv`` can use it: it is exactly the mean of the foreground classes' values.
+    """
+    classes = [k for k in row if k.startswith("aula_norm_") and k not in ("aula_norm_union", CLASS_MEAN)]
+    if CLASS_MEAN in row or not classes:
+        return row
+    try:
+        values = [float(row[k]) for k in classes]
+    except (TypeError, ValueError):
+        return row
+    row[CLASS_MEAN] = float(np.mean(values)) if all(np.isfinite(values)) else float("nan")
     return row
 
 
