@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LayerEnsemblesSegmentation"))
 
+from LayerEnsemblesLib.evaluation import calibration  # noqa: E402
 from LayerEnsemblesLib.evaluation import failure_detection as fd  # noqa: E402
 from LayerEnsemblesLib.evaluation import score_selection as ss  # noqa: E402
 from LayerEnsemblesLib.evaluation.runner import read_csv  # noqa: E402
@@ -126,6 +127,31 @@ def main(argv: list[str] | None = None) -> int:
             + " | ".join(f"{summary['folds_better'][m]}/{args.folds}" for m in SHOWN)
             + " |",
         ]
+    lines += [
+        "",
+        "Threshold for sensitivity 0.9 chosen on 4 folds by case and applied to the held-out fold "
+        "(pooled over the 5 folds):",
+        "",
+        "| score | held-out sensitivity | held-out specificity | flagged |",
+        "|---|---|---|---|",
+    ]
+    for name in dict.fromkeys([shipped, *document["nested"]["deployable candidates"]["picks"]]):
+        confidence = next(c.fixed for c in found if c.name == name)
+        flagged = np.zeros(ids.size, bool)
+        for test in folds:
+            chosen = calibration.choose_threshold(confidence[~test], dice[~test], args.threshold, 0.9)
+            flagged[test] = confidence[test] < chosen.threshold
+        poor = dice < args.threshold
+        result = {
+            "sensitivity": float(flagged[poor].mean()),
+            "specificity": float((~flagged[~poor]).mean()),
+            "flagged": int(flagged.sum()),
+        }
+        document.setdefault("held_out_threshold", {})[name] = result
+        lines.append(
+            f"| `{name}` | {result['sensitivity']:.3f} | {result['specificity']:.3f} | "
+            f"{result['flagged']} / {ids.size} |"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "selection.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
     (args.out / "selection.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

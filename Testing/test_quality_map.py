@@ -245,3 +245,23 @@ def test_nested_selection_finds_the_informative_score():
     pairs = np.array([[0.9, 0.8, 0.6], [0.5, 0.7, 0.9]])
     assert score_selection.normalised_aula(pairs, 0).tolist() == pytest.approx([(0.45 + 0.8 + 0.3) / 2, 0.7])
     assert score_selection.normalised_aula(pairs, 2).tolist() == [0.6, 0.9]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"score": "aula_norm_union", "scores": "abc", "dice": [0.5], "low": [0.4], "high": [0.6]},
+        {"score": "aula_norm_union", "scores": 3, "dice": 3, "low": 3, "high": 3},
+        {"score": "aula_norm_union", "scores": [], "dice": [], "low": [], "high": []},
+        {"score": "aula_norm_union", "scores": [[1, 2]], "dice": [[1, 2]], "low": [[1, 2]], "high": [[1, 2]]},
+        {"score": "aula_norm_union", "scores": [0.5], "dice": [0.5], "low": [0.4], "high": [0.6], "bogus": 1},
+    ],
+)
+def test_untrusted_quality_maps_give_one_line_errors(tiny_model_file, document):
+    metadata = read_metadata(tiny_model_file)
+    metadata.quality_map = document
+    if "bogus" in document:  # unknown keys are ignored, like unknown metadata fields
+        metadata.validate("model.pt")
+        return
+    with pytest.raises(InputError, match="model.pt: invalid metadata: quality_map"):
+        metadata.validate("model.pt")

@@ -141,26 +141,9 @@ class ModelMetadata:
             problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
         if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
             problems.append("aula_threshold must be in [0, 1]")
-        from .decision_scores import is_known
+        from .quality import calibration_problems  # decision_score and quality_map
 
-        if not is_known(self.decision_score):
-            problems.append(f"decision_score {self.decision_score!r} is not an aula_norm_* score")
-        if self.quality_map is not None:
-            from .quality import QualityMap
-
-            if not isinstance(self.quality_map, dict):
-                problems.append("quality_map must be null or an object")
-            else:
-                try:
-                    quality = QualityMap.from_dict(self.quality_map)
-                    problems += quality.problems()
-                    if quality.score != self.decision_score:
-                        problems.append(
-                            f"quality_map maps {quality.score!r}, not the decision score "
-                            f"{self.decision_score!r}"
-                        )
-                except TypeError as error:
-                    problems.append(f"quality_map is malformed ({error})")
+        problems += calibration_problems(self.decision_score, self.quality_map)
         if self.head_upsampling != HEAD_UPSAMPLING:
             problems.append(f"head_upsampling {self.head_upsampling!r} is not supported")
         if problems:

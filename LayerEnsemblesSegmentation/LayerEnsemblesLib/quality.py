@@ -65,10 +65,14 @@ class QualityMap:
     def problems(self) -> list[str]:
         """Why a consumer could not apply this map (empty when it can)."""
         problems = []
-        lengths = {len(self.scores), len(self.dice), len(self.low), len(self.high)}
-        if len(lengths) != 1 or not self.scores:
+        try:  # an untrusted document: any type may arrive here
+            values = [np.asarray(v, float) for v in (self.scores, self.dice, self.low, self.high)]
+        except (TypeError, ValueError):
+            values = []
+        if len(values) != 4 or any(v.ndim != 1 for v in values) or len({v.size for v in values}) != 1:
             return ["quality_map: scores, dice, low and high must be non-empty lists of equal length"]
-        values = [np.asarray(v, float) for v in (self.scores, self.dice, self.low, self.high)]
+        if values[0].size == 0:
+            return ["quality_map: scores, dice, low and high must be non-empty lists of equal length"]
         if not all(np.isfinite(v).all() for v in values):
             return ["quality_map: every knot value must be a finite number"]
         scores, dice, low, high = values
@@ -93,6 +97,27 @@ class QualityMap:
             float(np.interp(score, knots, np.asarray(v, float))) for v in (self.dice, self.low, self.high)
         )
         return DiceEstimate(value, low, high, self.score)
+
+
+def calibration_problems(decision_score: Any, quality_map: Any) -> list[str]:
+    """Metadata checks of ``decision_score`` and ``quality_map`` (a plain document: usable by any reader)."""
+    from .decision_scores import is_known
+
+    problems = []
+    if not is_known(decision_score):
+        problems.append(f"decision_score {decision_score!r} is not an aula_norm_* score")
+    if quality_map is None:
+        return problems
+    if not isinstance(quality_map, dict):
+        return problems + ["quality_map must be null or an object"]
+    try:
+        quality = QualityMap.from_dict(quality_map)
+    except TypeError as error:
+        return problems + [f"quality_map is malformed ({error})"]
+    problems += quality.problems()
+    if quality.score != decision_score:
+        problems.append(f"quality_map maps {quality.score!r}, not the decision score {decision_score!r}")
+    return problems
 
 
 def quality_map_of(metadata: Any) -> QualityMap | None:

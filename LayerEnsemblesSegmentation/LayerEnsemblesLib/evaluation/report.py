@@ -317,7 +317,9 @@ def quality_control(
 
 
 def main_score_for(data: EvaluationData, method: str, available: Sequence[str]) -> str | None:
-    preferred = MAIN_SCORE.get(data.kinds.get(method, ""), "entropy_sum")
+    """A layer ensemble's decision score (run.json records it), else the kind's usual best score."""
+    recorded = {m.get("name"): m.get("decision_score") for m in data.run.get("methods", [])}
+    preferred = recorded.get(method) or MAIN_SCORE.get(data.kinds.get(method, ""), "entropy_sum")
     if data.kinds.get(method) == "layer_ensemble" and preferred not in available:
         preferred = "entropy_sum"  # the plain baseline: one kept head, no AULA
     if preferred in available:

@@ -125,9 +125,14 @@ def difference_table(
         return
     rows = []
     mine = _keyed(data, reference, main_scores[reference], metric)
-    for method, score in main_scores.items():
-        if method == reference:
-            continue
+    compared = [(m, s) for m, s in main_scores.items() if m != reference]
+    # the reference's other AULA forms too, so a change of decision score shows its effect
+    compared = [
+        (reference, s)
+        for s in _complete_scores(data, reference, metric)
+        if s.startswith("aula_norm_") and s != main_scores[reference]
+    ] + compared
+    for method, score in compared:
         theirs = _keyed(data, method, score, metric)
         keys = sorted(set(mine) & set(theirs))
         if len(keys) < 3:

@@ -318,6 +318,7 @@ def run_evaluation(
                     "model_name": m.metadata.name,
                     "heads": m.metadata.num_heads,
                     "skip_heads": m.metadata.skip_heads,
+                    "decision_score": m.metadata.decision_score,
                 }
                 for m in methods
             ],
