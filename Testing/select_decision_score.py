@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     lines = [
         f"{np.unique(ids).size} cases × {ids.size // np.unique(ids).size} conditions; failure: Dice < "
-        f"{args.threshold:g}; shipped score: `{shipped}` (normalised union AULA of the kept heads).",
+        f"{args.threshold:g}; baseline: `{shipped}` (normalised union AULA of the kept heads, the "
+        "decision score before this study).",
         "",
         "All candidates, every row (fixed scores need no fitting; `learned_pairs_volume` is pooled from "
         f"its {args.folds} held-out folds, fitted on the others):",
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "| score | AUROC ↑ | E-AURC ↓ | AURC ↓ | AUGRC ↓ | QC AUC ↓ | ρ ↑ |",
             "|---|---|---|---|---|---|---|",
             f"| selected (held out) | {_row(summary['held_out_mean'])} |",
-            f"| shipped `{shipped}` | {_row(summary['shipped_mean'])} |",
+            f"| baseline `{shipped}` | {_row(summary['shipped_mean'])} |",
             "| folds where selected is better | "
             + " | ".join(f"{summary['folds_better'][m]}/{args.folds}" for m in SHOWN)
             + " |",
