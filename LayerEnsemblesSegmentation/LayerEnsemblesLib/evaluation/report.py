@@ -23,6 +23,9 @@ from ..errors import InputError
 from ..fileio import atomic_write_text
 from . import failure_detection, plots, qc, report_failure, scores, stats
 from .document import Document
+from .document import number_text as _number
+from .document import p_text as _p
+from .document import to_float as _float
 from .runner import CASES_FILE, CLEAN, COST_FILE, HEADS_FILE, RUN_FILE, read_csv
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -105,13 +108,6 @@ class EvaluationData:
         return usable
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def load(folder: str | Path) -> EvaluationData:
     folder = Path(folder)
     rows = read_csv(folder / CASES_FILE) if (folder / CASES_FILE).is_file() else None
@@ -137,16 +133,6 @@ def load(folder: str | Path) -> EvaluationData:
 def _mean_sd(values: np.ndarray, digits: int = 3) -> str:
     mean, sd, count = stats.mean_sd(values)
     return "–" if count == 0 else f"{mean:.{digits}f} ({sd:.{digits}f})"
-
-
-def _p(value: float) -> str:
-    if not math.isfinite(value):
-        return "–"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _number(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 # ------------------------------------------------------------------------------------------ sections

@@ -14,6 +14,9 @@ import numpy as np
 
 from . import failure_detection as fd
 from . import scores, stats
+from .document import number_text as _number
+from .document import p_text as _p
+from .document import to_float as _float
 
 if TYPE_CHECKING:
     from .document import Document
@@ -37,13 +40,6 @@ def _rows(data: EvaluationData, method: str, score: str, metric: str, condition:
     dice = np.array([_float(r.get(metric)) for r in subset])
     keep = np.isfinite(confidence) & np.isfinite(dice)
     return ids[keep], confidence[keep], dice[keep], len(subset)
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _complete_scores(data: EvaluationData, method: str, metric: str) -> list[str]:
@@ -169,14 +165,6 @@ def _keyed(data: EvaluationData, method: str, score: str, metric: str) -> dict:
         if math.isfinite(confidence) and math.isfinite(dice):
             values[(r["case"], r["condition"])] = (confidence, dice)
     return values
-
-
-def _number(value: float, digits: int = 3) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _p(value: float) -> str:
-    return "–" if not math.isfinite(value) else "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 def failure_detection_section(

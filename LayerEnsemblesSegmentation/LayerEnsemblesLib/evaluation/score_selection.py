@@ -28,15 +28,9 @@ from typing import Any
 import numpy as np
 
 from . import failure_detection as fd
+from .document import to_float as _float
 
 UNION = "union"
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def pair_matrix(rows: Sequence[dict[str, Any]], target: str) -> np.ndarray:
