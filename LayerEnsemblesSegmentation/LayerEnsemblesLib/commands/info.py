@@ -34,6 +34,14 @@ def describe(metadata: ModelMetadata) -> str:
             if metadata.aula_threshold is not None
             else "not calibrated"
         ),
+        f"decision score: {metadata.decision_score}",
+        "estimated Dice: "
+        + (
+            f"quality map with {len(metadata.quality_map['scores'])} knots "
+            f"({metadata.quality_map['score']} -> {metadata.quality_map.get('metric', 'dice_mean')})"
+            if metadata.quality_map
+            else "no quality map (segment shows AULA alone)"
+        ),
     ]
     if metadata.kind == "deep_ensemble":
         lines.append(f"members:        {metadata.members}")
