@@ -87,8 +87,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        help="accept a case when its decision score (normalised AULA; see info) reaches this value (default: the "
-        "model's calibrated threshold, else 0.90)",
+        help="accept a case when its decision score (a normalised AULA; `info` names it) reaches this "
+        "value (default: the model's calibrated threshold, else 0.90)",
     )
     parser.add_argument(
         "--maps",
