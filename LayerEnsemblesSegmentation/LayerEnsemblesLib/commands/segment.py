@@ -13,10 +13,10 @@ Per case (named after the input file without its extensions, or after the DICOM 
 
 ``<ext>`` keeps the input's format family: NRRD inputs give ``.nrrd``, MetaImage inputs ``.mha``,
 everything else (NIfTI, DICOM, ...) ``.nii.gz``; ``--format`` overrides it. With several inputs,
-``summary.csv`` lists the cases by the decision score (normalised AULA), lowest (most in need of review) first, with
-the estimated Dice beside it (empty, and the reason in ``estimated_dice_text``, without a quality map), and
-failed cases last. A failing case prints one error line and the others still run; the exit code is 2
-when any case failed.
+``summary.csv`` lists the cases by the decision score (normalised AULA), lowest (most in need of
+review) first, with the estimated Dice beside it (empty, and the reason in ``estimated_dice_text``,
+without a quality map), and failed cases last. A failing case prints one error line and the others
+still run; the exit code is 2 when any case failed.
 """
 
 from __future__ import annotations
