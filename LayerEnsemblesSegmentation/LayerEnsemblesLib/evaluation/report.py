@@ -491,6 +491,7 @@ def build_report(
         if chosen:
             main_scores[method] = chosen
     report_failure.failure_detection_section(data, document, metric, threshold, reference, main_scores)
+    report_failure.estimated_dice_section(data, document, metric)
 
     document.heading("Fig. 2: quality control")
     document.paragraph(

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import InputError
 from . import failure_detection as fd
-from . import scores, stats
+from . import quality_fit, scores, stats
 from .document import number_text as _number
 from .document import p_text as _p
 from .document import to_float as _float
@@ -201,3 +202,44 @@ def failure_detection_section(
         "test over independent cases. AUROC is undefined (–) where a condition has no poor or no good case."
     )
     per_condition_table(data, document, metric, threshold, main_scores)
+
+
+def estimated_dice_section(data: EvaluationData, document: Document, metric: str, folds: int = 5) -> None:
+    """How well each layer ensemble's AULA scores translate into an estimated Dice, held out by case."""
+    rows = []
+    for method in data.methods:
+        if data.kinds.get(method) != "layer_ensemble":
+            continue
+        for score in _complete_scores(data, method, metric):
+            if not score.startswith("aula_norm_"):
+                continue
+            ids, confidence, dice, _ = _rows(data, method, score, metric)
+            try:
+                held = quality_fit.cross_validate(ids, confidence, dice, score, folds=folds)
+            except InputError:
+                continue
+            rows.append(
+                [
+                    f"{method}: {scores.score_label(score)}",
+                    f"{held.mae:.3f}",
+                    f"{min(held.fold_mae):.3f}–{max(held.fold_mae):.3f}",
+                    f"{held.mae_constant:.3f}",
+                    f"{held.coverage:.2f}",
+                    f"{held.mean_width:.3f}",
+                    f"{held.cases} cases, {held.rows} rows",
+                ]
+            )
+    document.heading("Estimated Dice (held out by case)")
+    if not rows:
+        document.paragraph(f"No layer ensemble with an AULA score on at least {folds} cases.")
+        return
+    document.paragraph(
+        f"The isotonic map from each AULA score to {metric} that `calibrate --quality-map` stores, fitted "
+        f"on {folds - 1} of {folds} folds of cases and applied to the held-out fold: mean absolute error "
+        "of the estimate, the same for a constant estimate (the training folds' mean), and how often the "
+        "10th–90th percentile interval contains the true value (nominal 0.80)."
+    )
+    document.table(
+        ["Method: score", "MAE", "MAE per fold", "MAE, constant", "interval coverage", "mean width", "data"],
+        rows,
+    )
