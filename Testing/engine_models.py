@@ -164,6 +164,18 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
+def oblique_volume(seed: int = 0, size_zyx=(22, 26, 30), spacing=(0.9, 1.0, 1.2)) -> sitk.Image:
+    """Noise with a bright block, anisotropic, rotated and off-origin: outputs are resampled back onto it."""
+    rng = np.random.default_rng(seed)
+    array = rng.normal(size=size_zyx).astype(np.float32)
+    array[6:16, 8:20, 9:22] += 2.5
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-20.0, 31.5, 7.25))
+    image.SetDirection(tuple((rotation("z", 15) @ rotation("x", -10)).ravel()))
+    return image
+
+
 def write_dicom_series(folder: Path, array: np.ndarray, series_uid: str, spacing=(1.0, 1.0, 2.0)) -> None:
     """Write a (z, y, x) int16 volume as one DICOM series, one file per slice, with the tags readers need."""
     folder.mkdir(parents=True, exist_ok=True)

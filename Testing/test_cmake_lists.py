@@ -79,14 +79,17 @@ def test_package_data_and_models_are_shipped():
         assert any(fnmatch.fnmatch(model.relative_to(MODULE_DIR).as_posix(), g) for g in globs)
 
 
-def test_the_module_defaults_to_the_shipped_demo_model_path():
+def test_the_module_defaults_to_the_shipped_demo_model_by_a_relative_path():
+    """The default is stored in scenes: an absolute install path would be stale after an update."""
+    from LayerEnsemblesLib.review.models import DEMO_MODEL, resolve_model_path
+
+    assert not Path(DEMO_MODEL).is_absolute()
+    assert any(fnmatch.fnmatch(DEMO_MODEL, g) for g in module_globs())
+    assert resolve_model_path(DEMO_MODEL) == str(MODULE_DIR / DEMO_MODEL)
     tree = ast.parse((MODULE_DIR / "LayerEnsemblesSegmentation.py").read_text())
-    assignment = next(n for n in tree.body if isinstance(n, ast.Assign)
-                      and getattr(n.targets[0], "id", "") == "DEMO_MODEL_PATH")
-    constants = [c for c in ast.walk(assignment.value) if isinstance(c, ast.Constant)]
-    parts = [c.value for c in sorted(constants, key=lambda c: c.col_offset)]
-    assert parts == ["Resources", "Models", "hippocampus_le3d.pt"]
-    assert any(fnmatch.fnmatch("/".join(parts), g) for g in module_globs())
+    wrapper = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterNode"))
+    model_path = next(n for n in wrapper.body if isinstance(n, ast.AnnAssign) and n.target.id == "modelPath")
+    assert ast.unparse(model_path.value) == "pathlib.Path(DEMO_MODEL)"
 
 
 def test_module_macros():

@@ -1,4 +1,5 @@
-"""The three layers stay apart: the engine imports no Slicer, VTK or Qt; the scene logic imports no Qt.
+"""The layers stay apart: the engine imports no Slicer, VTK or Qt; the scene logic and the review controller
+import no Qt (nor trame), and use no Slicer application globals.
 
 The engine must run in a plain Python (CLI, training on a cluster, CI) and the scene logic in the web review
 app and on slicer-core, so an import that crosses a layer breaks those users even when Slicer still works.
@@ -14,8 +15,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = ROOT / "LayerEnsemblesSegmentation" / "LayerEnsemblesLib"
 SCENE_DIR = PACKAGE_DIR / "scene"
+REVIEW_DIR = PACKAGE_DIR / "review"  # the review controller: MRML through the scene logic, no GUI
 SLICER_AND_GUI = {"slicer", "slicer_core", "vtk", "vtkmodules", "qt", "ctk", "PythonQt", "MRMLCorePython"}
-GUI = {"qt", "ctk", "PythonQt", "__main__"}  # "from __main__ import qt" is the old Slicer idiom
+# "from __main__ import qt" is the old Slicer idiom
+GUI = {"qt", "ctk", "PythonQt", "__main__", "trame", "trame_slicer"}
 APPLICATION_GLOBALS = {"app", "modules", "mrmlScene"}  # slicer.<these> exist only in the application
 # slicer.util helpers that work on any scene; the others reach for slicer.mrmlScene or slicer.modules
 SCENE_SAFE_UTIL = {"arrayFromVolume", "updateVolumeFromArray", "arrayFromSegmentInternalBinaryLabelmap",
@@ -39,7 +42,8 @@ def imported_top_modules(path: Path) -> dict[str, int]:
 
 
 def engine_files() -> list[Path]:
-    return [p for p in python_files(PACKAGE_DIR) if SCENE_DIR not in p.parents]
+    return [p for p in python_files(PACKAGE_DIR) if SCENE_DIR not in p.parents and REVIEW_DIR not in p.parents
+            and "webapp" not in p.relative_to(PACKAGE_DIR).parts]
 
 
 def test_engine_imports_no_slicer_vtk_or_qt():
@@ -50,9 +54,9 @@ def test_engine_imports_no_slicer_vtk_or_qt():
     assert not offences, offences
 
 
-def test_scene_logic_imports_no_qt_and_uses_no_application_globals():
-    files = python_files(SCENE_DIR)
-    assert len(files) > 5
+def test_scene_logic_and_review_controller_import_no_gui_and_use_no_application_globals():
+    files = python_files(SCENE_DIR) + python_files(REVIEW_DIR)
+    assert len(files) > 12
     offences = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in files
                 for name, line in imported_top_modules(p).items() if name in GUI]
     for path in files:

@@ -1,19 +1,17 @@
-"""The review session as a GUI drives it: a worker-thread job, main-thread commits, cancel, GUI helpers."""
+"""The in-process review session (scripts, tests, screenshot): process, recombine, GUI helpers."""
 
 from __future__ import annotations
 
 import pytest
 from LayerEnsemblesLib.contract import read_metadata
-from LayerEnsemblesLib.errors import Cancelled, InputError
+from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.scene import (
     ReviewSession,
     add_volume_from_image,
     create_scene,
-    read_decision,
     remove_result,
     runtime,
 )
-from LayerEnsemblesLib.scene.jobs import InferenceJob
 from scene_support import blob_image
 
 
@@ -29,64 +27,12 @@ def session_case():
     return context, ReviewSession(context), volumes
 
 
-def test_worker_thread_job_then_main_thread_commits(session_case, tiny_model_file):
-    context, session, volumes = session_case
-    cases = [session.case_from_volume(v) for v in volumes]
-    job = session.start_job(cases, tiny_model_file, device="cpu", head_range=(1, 6), threshold=0.0)
-    assert job.wait(timeout=300), "the job did not finish"
-    assert job.error is None and job.progress == 1.0 and not job.cancelled
-    batch = session.new_batch()
-    for finished in job.finished():
-        result = session.commit(finished, batch)
-        assert read_decision(context.node(result.segmentation_id))["KeptHeads"] == "1:6"
-        assert result.prediction.decision == "accepted"  # threshold 0 accepts any finite score
-    batch.finish()
-    assert len(session.results) == 2 and len(session.worklist.cases) == 2
-    assert session.current is not None
-    assert job.finished() == []  # each finished case is handed over once
-
-
-def test_cancelling_a_job_writes_nothing(session_case, tiny_model_file):
-    context, session, volumes = session_case
-    before = node_ids(context)
-    predictor = session.predictors.get(tiny_model_file, "cpu")
-    job = InferenceJob(predictor, [session.case_from_volume(v) for v in volumes])
-    job.cancel()  # before the worker starts: deterministic
-    job.start()
-    assert job.wait(timeout=300)
-    assert job.cancelled and isinstance(job.error, Cancelled) and job.message == "cancelled"
-    assert job.finished() == []
-    assert node_ids(context) == before
-
-
-def test_cancel_during_the_forward_pass_stops_the_worker(session_case, tiny_model_file):
-    context, session, volumes = session_case
-    before = node_ids(context)
-    predictor = session.predictors.get(tiny_model_file, "cpu")
-    job = InferenceJob(predictor, [session.case_from_volume(volumes[0])])
-    original = predictor.predict
-
-    def predict_then_cancel(image, **options):
-        job.cancel()  # the user presses Cancel while the forward pass runs
-        return original(image, **options)
-
-    predictor.predict = predict_then_cancel
-    try:
-        job.start()
-        assert job.wait(timeout=300)
-    finally:
-        del predictor.predict
-    assert isinstance(job.error, Cancelled)
-    assert job.finished() == []
-    assert node_ids(context) == before
-
-
 def test_a_failing_case_reports_an_actionable_error(session_case, tmp_path):
     context, session, volumes = session_case
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"\x80\x04not a model")
     with pytest.raises(InputError, match="pickle"):
-        session.start_job([session.case_from_volume(volumes[0])], broken)
+        session.process(volumes[0], broken)
     with pytest.raises(InputError, match="select the volume"):
         session.case_from_volume(None)
     with pytest.raises(InputError, match="existing folder"):
@@ -161,3 +107,29 @@ def test_predictor_cache_reuses_a_loaded_model(tiny_model_file):
     first = cache.get(tiny_model_file, "cpu")
     assert cache.get(tiny_model_file, "cpu") is first
     assert cache.get(tiny_model_file, "auto") is not first  # another device is another predictor
+
+
+def test_heatmaps_are_module_volumes_and_the_plot_view_is_one_node(session_case, tiny_model_file):
+    """What the panel needs: heatmaps hidden from its input selectors, one plot view however many runs."""
+    from LayerEnsemblesLib.scene.heatmaps import module_volume_ids
+    from LayerEnsemblesLib.scene.plots import agreement_plot_view
+
+    context, session, volumes = session_case
+    assert module_volume_ids(context) == []
+    result = session.process(volumes[0], tiny_model_file, device="cpu")
+    assert module_volume_ids(context) == list(result.heatmap_ids.values())
+    views = [agreement_plot_view(context, result.chart_id) for _ in range(3)]
+    assert len({view.GetID() for view in views}) == 1
+    assert context.scene.GetNumberOfNodesByClass("vtkMRMLPlotViewNode") == 1
+    assert views[0].GetPlotChartNodeID() == result.chart_id
+
+
+def test_an_old_torch_is_refused_in_one_line():
+    import torch
+
+    assert runtime.torch_version_problem(">=2.1") == ""
+    major = int(torch.__version__.split(".")[0])
+    problem = runtime.torch_version_problem(f">={major + 1}.0")
+    assert problem.startswith(f"PyTorch {torch.__version__} is older than the required >={major + 1}.0")
+    assert "\n" not in problem
+    assert runtime._version_tuple("2.10.0+cu128") > runtime._version_tuple("2.9.1")  # numeric, not text

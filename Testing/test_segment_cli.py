@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from engine_models import (
     error_lines,
     export_intensity_model,
-    rotation,
+    oblique_volume,
     run_cli,
     sphere_image,
     write_dicom_series,
@@ -24,17 +24,6 @@ def intensity_model(tmp_path_factory):
     return export_intensity_model(
         tmp_path_factory.mktemp("models") / "intensity.pt", offsets=[0.0, 0.1, 0.2, 0.1, 0.0]
     )
-
-
-def oblique_volume(seed=0) -> sitk.Image:
-    rng = np.random.default_rng(seed)
-    array = rng.normal(size=(22, 26, 30)).astype(np.float32)
-    array[6:16, 8:20, 9:22] += 2.5
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.9, 1.0, 1.2))
-    image.SetOrigin((-20.0, 31.5, 7.25))
-    image.SetDirection(tuple((rotation("z", 15) @ rotation("x", -10)).ravel()))
-    return image
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -49,6 +49,11 @@ def _current_umask() -> int:
     return mask
 
 
+def atomic_write_with(path: str | Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Run ``write(temporary_path)`` for a writer of one's own (``torch.save``), then rename into place."""
+    return _atomic_write(Path(path), write, overwrite)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
     return _atomic_write(Path(path), lambda t: t.write_bytes(data), overwrite)
 

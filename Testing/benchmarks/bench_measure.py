@@ -174,7 +174,8 @@ def measure_recombine(task: dict[str, Any], size: SizeSpec) -> dict[str, Any]:
     image, source = load_input(size)
     predictor = Predictor(task["model"], device=task["device"], window_size=size.window)
     heads = len(predictor.member_names)
-    base = predictor.predict(image, maps=(), skip_heads=0)
+    # an interactive case keeps its head outputs on the compute device, so the sliders recombine there
+    base = predictor.predict(image, maps=(), skip_heads=0, keep_on_device=True)
     forward_seconds = base.timings.get("total")
     memory = MemoryProbe(predictor.device)
     memory.start()

@@ -47,7 +47,7 @@ def profile_size(model: Path, size: SizeSpec, device: str, out: Path, network: s
     warm = predictor.predict(image, maps=ALL_MAPS)  # warm-up, unprofiled
     del warm
     prediction, predict_functions, predict_operators = _profiled(
-        lambda: predictor.predict(image, maps=ALL_MAPS)
+        lambda: predictor.predict(image, maps=ALL_MAPS, keep_on_device=True)
     )
     step, step_functions, step_operators = _profiled(lambda: prediction.recombine(skip_heads=1))
     lines = [

@@ -125,6 +125,25 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="output image format (default: keep the input's family, NIfTI otherwise)",
     )
+    parser.add_argument(
+        "--save-heads",
+        action="store_true",
+        help="also write <case>_heads.pt, a results bundle from which the kept heads and threshold can "
+        "be changed later without the network",
+    )
+    parser.add_argument(
+        "--head-precision",
+        choices=("float32", "float16"),
+        default="float32",
+        help="precision of the retained head outputs: float16 rounds them once after the forward pass, "
+        "halving the bundle, and every result (this one and any recombination) is computed from them",
+    )
+    parser.add_argument(
+        "--progress-json",
+        action="store_true",
+        help="print only JSON lines on stdout (started, progress, case_done, case_failed, finished), "
+        "for a parent process such as the Slicer module",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-case lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
@@ -132,6 +151,14 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.progress_json:
+        from .segment_events import run_with_events
+
+        return run_with_events(args, _run)
+    return _run(args, None)
+
+
+def _run(args: argparse.Namespace, events) -> int:
     from ..inference import Predictor
     from ..inference.results import resolve_head_range, resolve_threshold
 
@@ -147,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         memory_budget_gb=args.memory_budget,
         mixed_precision=args.mixed_precision,
+        head_precision=args.head_precision,
     )
     # argument problems are the same for every case: report them once, before any work
     resolve_head_range(
@@ -154,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     )
     resolve_threshold(args.threshold, predictor.metadata, args.model)
 
-    progress = _Progress(len(inputs), enabled=not args.quiet)
+    progress = events or _Progress(len(inputs), enabled=not args.quiet)
+    progress.started(args.model, str(predictor.device))
     rows: list[dict[str, Any]] = []
     names = _case_names(inputs)
     failures = 0
@@ -164,14 +193,10 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{path}: gives the same case name as an earlier input; rename one of them")
             report = _segment_case(predictor, path, case, out, args, progress)
             rows.append(_summary_row(case, path, report))
-            progress.write(
-                f"{case}: {report['decision']} (normalised AULA {_text(report['score'])}, "
-                f"threshold {report['threshold']:.3f} from {report['threshold_source']}; "
-                f"{report['estimated_dice_text']})"
-            )
+            progress.case_result(case, path, report)
         except InputError as error:
             failures += 1
-            progress.error(str(error))
+            progress.case_failed(case or path.name, path, str(error))
             rows.append(
                 {"case": case or path.name, "input": str(path), "status": "failed", "error": str(error)}
             )
@@ -179,7 +204,9 @@ def run(args: argparse.Namespace) -> int:
             if args.debug:
                 raise
             failures += 1
-            progress.error(f"{path}: {type(error).__name__}: {first_line(error)}")
+            progress.case_failed(
+                case or path.name, path, f"{path}: {type(error).__name__}: {first_line(error)}"
+            )
             rows.append(
                 {
                     "case": case or path.name,
@@ -192,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     if len(inputs) > 1:
         atomic_write_text(summary_path, _summary_csv(rows, predictor.metadata), overwrite=args.overwrite)
+    progress.finished(len(inputs) - failures, failures, summary_path if len(inputs) > 1 else None)
     return 2 if failures else 0
 
 
@@ -219,12 +247,16 @@ def output_extension(path: Path, choice: str) -> str:
 
 
 def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Namespace, progress) -> dict:
+    from ..inference.bundle import BUNDLE_SUFFIX, save_bundle
+
     extension = output_extension(path, args.format)
     targets = {"segmentation": out / f"{case}_seg{extension}"}
     for name in args.maps:
         targets[name] = out / f"{case}_{name}{extension}"
     if args.probabilities:
         targets["probabilities"] = out / f"{case}_probabilities{extension}"
+    if args.save_heads:
+        targets["heads"] = out / f"{case}{BUNDLE_SUFFIX}"
     report_path = out / f"{case}_report.json"
     if not args.overwrite:  # check every target first: a case either writes all its files or none
         for target in [*targets.values(), report_path]:
@@ -248,8 +280,12 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
         atomic_write_image(targets[name], prediction.maps[name], overwrite=args.overwrite)
     if args.probabilities:
         atomic_write_image(targets["probabilities"], prediction.probabilities, overwrite=args.overwrite)
+    if args.save_heads:
+        save_bundle(prediction, targets["heads"], overwrite=args.overwrite)
     report = prediction.to_report()
     report["case"] = case
+    report["bundle"] = str(targets["heads"]) if args.save_heads else None
+    report["report"] = str(report_path)
     report["outputs"] = {name: str(target) for name, target in targets.items()}
     report["timings"]["read"] = round(read_seconds, 4)
     report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
@@ -374,6 +410,22 @@ class _Progress:
                 bar.refresh()
 
         return update
+
+    def started(self, model: str, device: str) -> None:
+        """Nothing to say before the first case (the bars start with it)."""
+
+    def case_result(self, case: str, path: Path, report: dict) -> None:
+        self.write(
+            f"{case}: {report['decision']} (normalised AULA {_text(report['score'])}, "
+            f"threshold {report['threshold']:.3f} from {report['threshold_source']}; "
+            f"{report['estimated_dice_text']})"
+        )
+
+    def case_failed(self, case: str, path: Path, message: str) -> None:
+        self.error(message)
+
+    def finished(self, succeeded: int, failed: int, summary: Path | None) -> None:
+        """The summary line is the per-case lines above."""
 
     def case_done(self) -> None:
         self._close_windows()

@@ -31,6 +31,7 @@ from ..devices import device_report, is_out_of_memory, release_cached_memory, re
 from ..errors import InputError
 from ..preprocessing import network_divisor, to_network_space
 from ..uncertainty import UNION
+from .identity import model_sha256
 from .reduction import MAX_KEPT_HEADS, HeadStream, reduction_bytes_per_voxel
 from .results import (
     InferenceSession,
@@ -46,6 +47,7 @@ DEFAULT_SLICE_BATCH = 16  # 2D models: axial slices per forward pass
 # Rough CPU activation cost per window voxel, in multiples of the stem's channel count (float32).
 # On CUDA the cost is measured with a probe pass instead; the CPU has no allocator statistics to read.
 CPU_LIVE_TENSORS_PER_CHANNEL = 12
+HEAD_PRECISIONS = ("float32", "float16")  # of the retained head outputs (float16: half-size bundles)
 MC_DROPOUT_SEED = 0  # MC dropout is random; a fixed seed makes a case reproducible
 
 ProgressCallback = Callable[[float, str], None]
@@ -63,17 +65,22 @@ class Predictor:
         overlap: float = 0.5,
         memory_budget_gb: float | None = None,
         mixed_precision: bool = False,
+        head_precision: str = "float32",
     ) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.module, self._metadata = load_model(self.model_path, self.device)
         validate_for_inference(self._metadata, str(self.model_path))
+        self.model_identity = {"sha256": model_sha256(self.model_path)}  # names the model in result bundles
         if window_size is not None and (len(window_size) != 3 or min(int(w) for w in window_size) < 1):
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
         if not 0.0 <= overlap < 1.0:
             raise InputError(f"overlap {overlap}: must be in [0, 1)")
         if memory_budget_gb is not None and memory_budget_gb <= 0:
             raise InputError(f"memory budget {memory_budget_gb} GB: must be positive")
+        if head_precision not in HEAD_PRECISIONS:
+            raise InputError(f"head precision {head_precision!r}: choose from {', '.join(HEAD_PRECISIONS)}")
+        self.head_precision = head_precision
         self.window_size = tuple(int(w) for w in window_size) if window_size is not None else None
         self.overlap = float(overlap)
         self.memory_budget_gb = memory_budget_gb
@@ -111,8 +118,15 @@ class Predictor:
         progress: ProgressCallback | None = None,
         cancel: CancelCallback | None = None,
         source: str | None = None,
+        keep_on_device: bool = False,
     ) -> Prediction:
-        """Segment ``image`` and score it; every output comes back in the input's geometry."""
+        """Segment ``image`` and score it; every output comes back in the input's geometry.
+
+        The head outputs that recombination needs are moved to the CPU once the pass is over, so a
+        worklist does not accumulate GPU memory; ``keep_on_device=True`` keeps them on the compute
+        device for fast recombination of one interactive case (``Prediction.release_device_memory``
+        moves them later).
+        """
         start = time.perf_counter()
         source = source or ("image" if isinstance(image, sitk.Image) else "array")
         metadata = self._metadata
@@ -135,6 +149,8 @@ class Predictor:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings["forward"] = time.perf_counter() - forward_start
+        if self.head_precision == "float16":  # rounded once, here: a float16 bundle then recombines exactly
+            logits = [t.to(torch.float16).to(t.dtype) for t in logits]
         crop = tuple(
             slice(before, size - after)
             for (before, after), size in zip(geometry.padding, geometry.shape, strict=False)
@@ -146,6 +162,7 @@ class Predictor:
             "count": plan.count,
             "overlap": self.overlap,
             "mixed_precision": self.mixed_precision and device.type == "cuda",
+            "head_precision": self.head_precision,
         }
         session = InferenceSession(
             metadata,
@@ -159,11 +176,14 @@ class Predictor:
             device_report(device),
             timings,
             notes,
+            dict(self.model_identity),
         )
         report(0.95, "combining heads")
         prediction = build_prediction(
             session, first_stop, wanted_maps, threshold_value, threshold_source, cancel, start, timings
         )
+        if not keep_on_device:
+            session.release_device_memory()
         report(1.0, "done")
         return prediction
 

@@ -81,11 +81,22 @@ class HeadStream:
     def num_heads(self) -> int:
         return len(self.logits)
 
-    def to(self, device: torch.device) -> HeadStream:
-        """The same stream on another device (used when CUDA runs out of memory while reducing)."""
-        return HeadStream(
+    def to(self, device: torch.device, keep_caches: bool = False) -> HeadStream:
+        """The same stream on another device.
+
+        Without caches when CUDA ran out of memory while reducing (a half-updated sum must not move);
+        with them when a finished prediction gives its device memory back, so that the next
+        recombination still costs only the heads that change.
+        """
+        moved = HeadStream(
             [t.to(device) for t in self.logits], self.full_shape, self.crop, self.slicewise, self.num_classes
         )
+        if keep_caches:
+            moved._labels = {head: t.to(device) for head, t in self._labels.items()}
+            moved._confusions = {head: t.to(device) for head, t in self._confusions.items()}
+            moved._sums = {name: t.to(device) for name, t in self._sums.items()}
+            moved._range, moved._tracked = self._range, self._tracked
+        return moved
 
     def head_probabilities(self, head: int, workspace: _Workspace | None = None) -> torch.Tensor:
         """Softmax of one head at full resolution, cropped to the image: [K, z, y, x] float32.

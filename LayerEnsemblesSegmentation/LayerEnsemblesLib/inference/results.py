@@ -49,6 +49,7 @@ class InferenceSession:
     device_info: dict[str, Any]
     forward_timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    model_identity: dict[str, Any] = field(default_factory=dict)  # name and sha256 of the model file
 
     @property
     def background_index(self) -> int:
@@ -72,6 +73,18 @@ class InferenceSession:
         self.stream = self.stream.to(torch.device("cpu"))
         self.device_info = device_report(torch.device("cpu"))
         return self.stream.reduce(first, stop, maps, cancel)
+
+    def release_device_memory(self) -> None:
+        """Move the retained head outputs and caches to the CPU and give the device's cache back.
+
+        A worklist keeps one session per case; on CUDA each would otherwise hold its head outputs in
+        GPU memory until the scene is closed. Recombination keeps working, on the CPU.
+        """
+        device = self.stream.device
+        if device.type == "cpu":
+            return
+        self.stream = self.stream.to(torch.device("cpu"), keep_caches=True)
+        release_cached_memory(device)
 
     def to_input_space(self, volume: torch.Tensor, is_label: bool) -> sitk.Image:
         """One network-space volume (cropped) onto the input's grid; the only host transfer per volume."""
@@ -171,6 +184,32 @@ class Prediction:
         return list(self._session.warnings)
 
     @property
+    def session(self) -> InferenceSession:
+        """The forward pass's retained outputs, shared with every prediction recombined from this one."""
+        return self._session
+
+    @property
+    def source(self) -> str:
+        """The input this prediction was made from, as given to the engine."""
+        return self._session.source
+
+    @property
+    def model_identity(self) -> dict[str, Any]:
+        """``{"path", "name", "sha256"}`` of the model file that made the head outputs."""
+        session = self._session
+        identity = {"path": session.model_path, "name": session.metadata.name, "sha256": None}
+        return {**identity, **session.model_identity}
+
+    @property
+    def retained_device(self) -> str:
+        """Where the head outputs live, hence where recombination runs."""
+        return str(self._session.stream.device)
+
+    def release_device_memory(self) -> None:
+        """Move the head outputs of this prediction (and of all sharing its pass) to the CPU."""
+        self._session.release_device_memory()
+
+    @property
     def probabilities(self) -> sitk.Image:
         """Mean softmax of the kept heads, a K-component float32 image in the input geometry (lazy)."""
         if self._probabilities is None:
@@ -223,7 +262,7 @@ class Prediction:
         image = self.segmentation
         return {
             "input": str(session.source),
-            "model": {"path": session.model_path, "name": metadata.name, "kind": metadata.kind},
+            "model": {**self.model_identity, "kind": metadata.kind},
             "heads": {
                 "first": self.head_range[0],
                 "stop": self.head_range[1],

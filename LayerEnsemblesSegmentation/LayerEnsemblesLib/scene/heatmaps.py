@@ -59,8 +59,15 @@ def quantity_description(kind: str, num_classes: int) -> str:
     return f"{HEATMAP_LABELS[kind]} / {heatmap_scale(kind, num_classes):.4g} (its maximum)"
 
 
-def write_heatmap(context: SceneContext, input_node, kind: str, image: sitk.Image, num_classes: int,
-                  node=None, visible_from: float = DEFAULT_VISIBLE_FROM):
+def write_heatmap(
+    context: SceneContext,
+    input_node,
+    kind: str,
+    image: sitk.Image,
+    num_classes: int,
+    node=None,
+    visible_from: float = DEFAULT_VISIBLE_FROM,
+):
     """Create (or update in place) the heatmap volume node of one kind, styled and with a colour legend."""
     if kind not in HEATMAP_KINDS:
         raise ValueError(f"unknown heatmap kind {kind!r}; expected one of {HEATMAP_KINDS}")
@@ -102,8 +109,9 @@ def style_heatmap(context: SceneContext, node, visible_from: float = DEFAULT_VIS
         legend.SetTitleText(HEATMAP_LABELS.get(node.GetAttribute(KIND_ATTRIBUTE) or "", "uncertainty"))
 
 
-def show_in_slice_views(context: SceneContext, background_node=None, foreground_node=None,
-                        opacity: float | None = None) -> None:
+def show_in_slice_views(
+    context: SceneContext, background_node=None, foreground_node=None, opacity: float | None = None
+) -> None:
     """Show the input as background and a heatmap as foreground in every slice view."""
     for composite in context.nodes_by_class("vtkMRMLSliceCompositeNode"):
         was_modifying = composite.StartModify()
@@ -126,3 +134,12 @@ def show_in_slice_views(context: SceneContext, background_node=None, foreground_
 def set_heatmap_opacity(context: SceneContext, opacity: float) -> None:
     for composite in context.nodes_by_class("vtkMRMLSliceCompositeNode"):
         composite.SetForegroundOpacity(float(opacity))
+
+
+def module_volume_ids(context: SceneContext) -> list[str]:
+    """IDs of the volumes this module made (heatmaps): input selectors hide them, they are not inputs."""
+    return [
+        node.GetID()
+        for node in context.nodes_by_class("vtkMRMLScalarVolumeNode")
+        if node.GetAttribute(ROLE_ATTRIBUTE) == "heatmap"
+    ]

@@ -22,8 +22,10 @@ CURVE_COLORS = [(0.85, 0.1, 0.1), (0.9, 0.62, 0.0), (0.34, 0.71, 0.91), (0.0, 0.
 
 def chart_title(prediction: Any) -> str:
     raw = prediction.aula.raw.get("union", float("nan"))
-    return (f"Layer agreement: AULA {raw:.2f} (normalised {prediction.score:.3f}, "
-            f"threshold {prediction.threshold:.3f}, {prediction.decision})")
+    return (
+        f"Layer agreement: AULA {raw:.2f} (normalised {prediction.score:.3f}, "
+        f"threshold {prediction.threshold:.3f}, {prediction.decision})"
+    )
 
 
 def _fill_table(table_node, prediction: Any) -> list[str]:
@@ -53,19 +55,22 @@ def _fill_table(table_node, prediction: Any) -> list[str]:
     return curve_names
 
 
-def write_agreement_plot(context: SceneContext, input_node, prediction: Any, table_node=None,
-                         chart_node=None):
+def write_agreement_plot(
+    context: SceneContext, input_node, prediction: Any, table_node=None, chart_node=None
+):
     """Create or update the table and chart of the layer-agreement curves; returns (table, chart)."""
     scene = context.scene
     base = input_node.GetName()
     if table_node is None:
-        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode",
-                                             scene.GenerateUniqueName(f"{base} layer agreement"))
+        table_node = scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", scene.GenerateUniqueName(f"{base} layer agreement")
+        )
         table_node.SetAttribute(ROLE_ATTRIBUTE, "agreement table")
         place_next_to(context, table_node, input_node)
     if chart_node is None:
-        chart_node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode",
-                                             scene.GenerateUniqueName(f"{base} layer agreement chart"))
+        chart_node = scene.AddNewNodeByClass(
+            "vtkMRMLPlotChartNode", scene.GenerateUniqueName(f"{base} layer agreement chart")
+        )
         chart_node.SetAttribute(ROLE_ATTRIBUTE, "agreement chart")
         place_next_to(context, chart_node, input_node)
     curve_names = _fill_table(table_node, prediction)
@@ -81,8 +86,9 @@ def write_agreement_plot(context: SceneContext, input_node, prediction: Any, tab
     for position, name in enumerate(curve_names):
         series = existing.get(name)
         if series is None:
-            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode",
-                                             scene.GenerateUniqueName(f"{base} {name}"))
+            series = scene.AddNewNodeByClass(
+                "vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{base} {name}")
+            )
             chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
         series.SetAndObserveTableNodeID(table_node.GetID())
         series.SetXColumnName(PAIR_INDEX_COLUMN)
@@ -99,3 +105,20 @@ def write_agreement_plot(context: SceneContext, input_node, prediction: Any, tab
     chart_node.SetYAxisRange(0.0, 1.05)
     chart_node.SetLegendVisibility(True)
     return table_node, chart_node
+
+
+PLOT_VIEW_SINGLETON = "LayerEnsembles"
+
+
+def agreement_plot_view(context: SceneContext, chart_id: str | None):
+    """The module's one plot view node (a singleton: reused on every run), showing ``chart_id``."""
+    view = context.scene.GetSingletonNode(PLOT_VIEW_SINGLETON, "vtkMRMLPlotViewNode")
+    if view is None:
+        view = context.scene.CreateNodeByClass("vtkMRMLPlotViewNode")
+        view.UnRegister(None)  # CreateNodeByClass hands over a reference that Python also holds
+        view.SetSingletonTag(PLOT_VIEW_SINGLETON)
+        view.SetName("LayerEnsembles plot view")
+        view.SetLayoutLabel("LE")
+        view = context.scene.AddNode(view)
+    view.SetPlotChartNodeID(chart_id)
+    return view

@@ -7,6 +7,7 @@ extension installs it on first use), and the module must still load and explain 
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ..errors import InputError, first_line
 
 HEATMAP_WITH_AGREEMENT = "agreement"
+TORCH_REQUIREMENT = ">=2.1"  # also in pyproject.toml
 
 
 def torch_available() -> bool:
@@ -22,6 +24,32 @@ def torch_available() -> bool:
     except Exception:  # noqa: BLE001 - a broken install (missing DLL, wrong CUDA) counts as missing
         return False
     return True
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    """Leading numeric parts of a version ("2.1.0+cu121" -> (2, 1, 0)); no packaging needed inside Slicer."""
+    parts = []
+    for part in text.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def torch_version_problem(requirement: str = TORCH_REQUIREMENT) -> str:
+    """Empty when the installed torch meets ``requirement`` (">=X.Y"), else one line saying what to do."""
+    if not torch_available():
+        return "PyTorch is not installed"
+    import torch
+
+    minimum = requirement.removeprefix(">=").strip()
+    if _version_tuple(torch.__version__) < _version_tuple(minimum):
+        return (
+            f"PyTorch {torch.__version__} is older than the required {requirement}: update it in the "
+            "PyTorch Utils module and restart Slicer"
+        )
+    return ""
 
 
 def device_choices() -> list[tuple[str, str]]:
@@ -33,8 +61,9 @@ def device_choices() -> list[tuple[str, str]]:
 
     for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         properties = torch.cuda.get_device_properties(index)
-        choices.append((f"GPU {index}: {properties.name} ({properties.total_memory / 1024**3:.0f} GB)",
-                        f"cuda:{index}"))
+        choices.append(
+            (f"GPU {index}: {properties.name} ({properties.total_memory / 1024**3:.0f} GB)", f"cuda:{index}")
+        )
     return choices
 
 
@@ -58,8 +87,10 @@ def model_summary(model_path: str | Path | None) -> dict[str, Any]:
     if not os.path.isfile(path):
         return {"text": f"{path}: file not found."}
     if not torch_available():
-        return {"text": f"{os.path.basename(path)}\nPyTorch is not installed yet: the model summary appears "
-                        "once the first run has installed it."}
+        return {
+            "text": f"{os.path.basename(path)}\nPyTorch is not installed yet: the model summary appears "
+            "once the first run has installed it."
+        }
     from ..commands.info import describe
     from ..contract import read_metadata
     from ..inference import DEFAULT_AULA_THRESHOLD
@@ -69,20 +100,32 @@ def model_summary(model_path: str | Path | None) -> dict[str, Any]:
     except InputError as error:
         return {"text": str(error)}
     threshold = metadata.aula_threshold if metadata.aula_threshold is not None else DEFAULT_AULA_THRESHOLD
-    return {"text": describe(metadata), "headCount": metadata.num_heads, "skipHeads": metadata.skip_heads,
-            "threshold": float(threshold), "name": metadata.name}
+    return {
+        "text": describe(metadata),
+        "headCount": metadata.num_heads,
+        "skipHeads": metadata.skip_heads,
+        "threshold": float(threshold),
+        "name": metadata.name,
+    }
 
 
-def predict_options(metadata: Any, head_range: tuple[int, int] | None, threshold: float | None,
-                    heatmap_kind: str = HEATMAP_WITH_AGREEMENT) -> dict[str, Any]:
+def predict_options(
+    metadata: Any,
+    head_range: tuple[int, int] | None,
+    threshold: float | None,
+    heatmap_kind: str = HEATMAP_WITH_AGREEMENT,
+) -> dict[str, Any]:
     """Keyword arguments for ``Predictor.predict`` from the GUI's settings.
 
     A head range that does not fit the model (left over from another model) falls back to the model's
     default, and a threshold equal to the model's calibrated one is not passed, so the result records
     that the calibrated threshold was used.
     """
-    maps = (HEATMAP_WITH_AGREEMENT,) if heatmap_kind == HEATMAP_WITH_AGREEMENT else (HEATMAP_WITH_AGREEMENT,
-                                                                                      heatmap_kind)
+    maps = (
+        (HEATMAP_WITH_AGREEMENT,)
+        if heatmap_kind == HEATMAP_WITH_AGREEMENT
+        else (HEATMAP_WITH_AGREEMENT, heatmap_kind)
+    )
     options: dict[str, Any] = {"maps": maps}
     if head_range is not None:
         first, stop = (int(v) for v in head_range)
@@ -120,9 +163,13 @@ def explain_error(error: BaseException) -> str:
     if isinstance(error, InputError):
         return text
     if isinstance(error, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
-        return (f"out of memory ({text[:120]}): crop the input with an ROI, close other applications, "
-                "or choose CPU as the device")
+        return (
+            f"out of memory ({text[:120]}): crop the input with an ROI, close other applications, "
+            "or choose CPU as the device"
+        )
     if "cuda" in lowered:
-        return (f"GPU error ({text[:120]}): choose CPU as the device, or install a PyTorch build that "
-                "supports this GPU (PyTorch Utils module)")
+        return (
+            f"GPU error ({text[:120]}): choose CPU as the device, or install a PyTorch build that "
+            "supports this GPU (PyTorch Utils module)"
+        )
     return f"{type(error).__name__}: {text[:200]} (details in the Python console)"

@@ -1,23 +1,26 @@
-"""A review session: the state a GUI keeps between runs, and the steps it calls, without any GUI.
+"""A review session on the calling thread: scripts, tests and the screenshot use it; GUIs use the controller.
 
-The Slicer widget and the web review app both need the same bookkeeping: which predictor is loaded,
-which results are in the scene (with the in-memory head outputs that make recombination possible), the
-current case, the worklist. Keeping it here leaves each GUI with only its bindings, and lets the whole
-flow run in the tests on a bare slicer-core scene.
+It segments in this process (``process``), keeps the results with their in-memory head outputs for
+recombination, and gives the review controller its input snapshots (``case_from_volume``,
+``cases_from_folder``). The GUIs run inference in a child process through
+``LayerEnsemblesLib.review.ReviewController`` instead: a thread inside Slicer would only advance while the
+main thread runs Python, and a torch crash would take the application with it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import SimpleITK as sitk
 
 from ..errors import InputError
 from .bootstrap import SceneContext
 from .geometry import roi_corners_ras
 from .heatmaps import DEFAULT_OPACITY, set_heatmap_opacity
-from .jobs import FinishedCase, InferenceJob
 from .regions import UncertainRegion
 from .results import CaseResult, apply_prediction, next_region, recombine_result, show_result
 from .runtime import PredictorCache, predict_options
@@ -29,6 +32,14 @@ from .worklist import (
     case_inputs_from_folder,
     load_case_image,
 )
+
+
+@dataclass
+class FinishedCase:
+    case: CaseInput
+    prediction: Any
+    reference: sitk.Image
+    crop_index: tuple[int, int, int] | None
 
 
 class ReviewSession:
@@ -72,13 +83,6 @@ class ReviewSession:
         predictor = self.predictors.get(model_path, device)
         self._run_metadata, self._run_heatmap = predictor.metadata, heatmap_kind
         return predictor, predict_options(predictor.metadata, head_range, threshold, heatmap_kind)
-
-    def start_job(self, cases: list[CaseInput], model_path: str | Path, device: str = "auto",
-                  head_range=None, threshold: float | None = None,
-                  heatmap_kind: str = "agreement") -> InferenceJob:
-        """Start segmenting ``cases`` in a worker thread; poll the job and ``commit`` what it finishes."""
-        predictor, options = self._prepare(model_path, device, head_range, threshold, heatmap_kind)
-        return InferenceJob(predictor, cases, options).start()
 
     def new_batch(self) -> Batch:
         if self.worklist is None or self.context.node(self.worklist.table_id) is None:

@@ -1,0 +1,329 @@
+"""The review half of the controller: recombine, navigate, decide, hand off, save, restore.
+
+A result's settings are its own: kept heads and threshold change the shown case only when it was made
+with the loaded model (or no model is loaded, as after reopening a scene). Otherwise the shown result
+keeps its model's heads, threshold and score until it is segmented again (defect 4). Recombination reads
+the case's results bundle when its head outputs are not in memory (a reopened scene).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import shutil
+from pathlib import Path
+
+from ..errors import InputError
+from ..scene import (
+    find_uncertain_regions,
+    image_from_volume,
+    is_user_edited,
+    jump_to_region,
+    recombine_result,
+    runtime,
+    set_heatmap_opacity,
+    show_result,
+)
+from ..scene.heatmaps import HEATMAP_KINDS
+from . import cases as scene_cases
+from .models import same_model
+
+log = logging.getLogger(__name__)
+BUNDLE_SUBFOLDER = "LayerEnsembles bundles"
+
+
+def action(method):
+    """Run an action; any failure becomes one line in an "error" event instead of an exception."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - reported to the GUI in one line
+            if not isinstance(error, InputError):
+                log.exception("LayerEnsembles: %s failed", method.__name__)
+            self._report_error(runtime.explain_error(error))
+            return None
+
+    return wrapper
+
+
+class ReviewActions:
+    """Mixed into ReviewController; uses its ``state``, ``context``, ``_results`` and ``_references``."""
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _current(self):
+        case = self.state.current_case
+        if case is None:
+            raise InputError("no case is shown: segment a volume or open a case first")
+        return case, self._results[case.segmentation_id]
+
+    def _settings_apply_to(self, case) -> bool:
+        return self.state.model is None or same_model(case.model_path, self.state.model.path)
+
+    def _loaded(self, case, result):
+        """The result with its prediction in memory: from this session, else from its results bundle."""
+        if result.prediction is None:
+            from ..inference.bundle import load_bundle
+
+            segmentation = self.context.node(result.segmentation_id)
+            prediction = load_bundle(scene_cases.resolve_bundle(self.context, segmentation), device="cpu")
+            result.prediction, result.metadata = prediction, prediction.metadata
+        return result
+
+    def _reference(self, result):
+        reference = self._references.get(result.segmentation_id)
+        if reference is None:
+            reference = image_from_volume(self.context.node(result.input_id))
+            self._references[result.segmentation_id] = reference
+        return reference
+
+    def _recombine(self, case, result, **settings) -> None:
+        result = self._loaded(case, result)
+        old_id = result.segmentation_id
+        old_node = self.context.node(old_id)
+        references = {
+            key: old_node.GetAttribute(key)
+            for key in (
+                scene_cases.BUNDLE_ATTRIBUTE,
+                scene_cases.MODEL_PATH_ATTRIBUTE,
+                scene_cases.CROP_ATTRIBUTE,
+            )
+        }
+        recombine_result(self.context, result, self._reference(result), **settings)
+        segmentation = self.context.node(result.segmentation_id)
+        if result.segmentation_id != old_id:  # the old one was edited by the reviewer: kept as it is
+            for key, value in references.items():
+                segmentation.SetAttribute(key, value or "")
+            self._results[result.segmentation_id] = self._results.pop(old_id)
+            self._references[result.segmentation_id] = self._references.pop(old_id)
+            self.state.status = (
+                "The segmentation had been edited, so it was kept; the result is in a new node."
+            )
+        if case.reviewer_decision and result.segmentation_id == old_id:
+            scene_cases.write_review(segmentation, case.reviewer_decision)  # the reviewer's status stays
+        updated = scene_cases.case_state_from_node(
+            segmentation, self.context.node(result.input_id), case.status
+        )
+        self.state.cases[self.state.cases.index(case)] = updated
+        worklist = self._worklist
+        if worklist is not None and result in worklist.cases:
+            worklist.refresh()
+        self._show(updated, result)
+
+    def _show(self, case, result) -> None:
+        show_result(self.context, result, self.state.heatmap_opacity)
+        self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
+        self._changed()
+        self._emit("result_shown", case)
+
+    def prediction(self, index: int | None = None):
+        """The engine's Prediction behind a case (the shown one by default), read from its bundle if needed.
+
+        For what the state does not carry: per-class AULA, the agreement curve, the head names.
+        """
+        index = self.state.current if index is None else index
+        if index is None or not 0 <= index < len(self.state.cases):
+            raise InputError("no case is shown: segment a volume or open a case first")
+        case = self.state.cases[index]
+        return self._loaded(case, self._results[case.segmentation_id]).prediction
+
+    # -- settings --------------------------------------------------------------------------------------
+
+    @action
+    def set_kept_heads(self, first: int, last: int) -> bool:
+        """Kept heads, 1-based inclusive; recombines the shown case when it belongs to the loaded model."""
+        first, last = int(round(first)), int(round(last))
+        count = self.state.model.head_count if self.state.model is not None else None
+        if first < 1 or last < first or (count is not None and last > count):
+            raise InputError(
+                f"kept heads {first}-{last}: choose 1 <= first <= last <= {count or 'head count'}"
+            )
+        self.state.kept_heads = (first, last)
+        return self._apply_to_shown(head_range=scene_cases.head_range((first, last)))
+
+    @action
+    def set_threshold(self, threshold: float) -> bool:
+        threshold = float(threshold)
+        if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+            raise InputError(f"AULA threshold {threshold}: choose a value between 0 and 1")
+        self.state.threshold = threshold
+        return self._apply_to_shown(threshold=threshold)
+
+    def _apply_to_shown(self, **settings) -> bool:
+        case = self.state.current_case
+        if case is None:
+            self._changed()
+            return False
+        if not self._settings_apply_to(case):
+            self._changed(
+                f"The shown result was made with {case.model_name}: segment it again to use the "
+                "loaded model's settings."
+            )
+            return False
+        self._recombine(case, self._results[case.segmentation_id], **settings)
+        return True
+
+    @action
+    def set_heatmap(self, kind: str | None = None, opacity: float | None = None) -> None:
+        """Which voxel uncertainty is overlaid, and how opaque; the shown case gets a missing map computed."""
+        if kind is not None and kind not in HEATMAP_KINDS:
+            raise InputError(f"heatmap {kind!r}: choose one of {', '.join(HEATMAP_KINDS)}")
+        if opacity is not None:
+            self.state.heatmap_opacity = min(max(float(opacity), 0.0), 1.0)
+            set_heatmap_opacity(self.context, self.state.heatmap_opacity)
+        if kind is not None and kind != self.state.heatmap_kind:
+            self.state.heatmap_kind = kind
+            case = self.state.current_case
+            if case is not None:
+                result = self._results[case.segmentation_id]
+                if kind in result.heatmap_ids:
+                    result.shown_heatmap = kind
+                    self._show(case, result)
+                else:
+                    self._recombine(case, result, heatmap_kind=kind)
+                return
+        self._changed()
+
+    # -- navigation ------------------------------------------------------------------------------------
+
+    @action
+    def open_case(self, index: int) -> bool:
+        if not 0 <= index < len(self.state.cases):
+            raise InputError(f"case {index + 1}: there are {len(self.state.cases)} case(s)")
+        case = self.state.cases[index]
+        result = self._results[case.segmentation_id]
+        self.state.current = index
+        segmentation = self.context.node(case.segmentation_id)
+        if segmentation is not None and is_user_edited(segmentation) and not case.reviewer_decision:
+            scene_cases.write_review(segmentation, "corrected")
+            case.reviewer_decision, case.decision_source = (
+                "corrected",
+                scene_cases.SOURCE_BY_REVIEW["corrected"],
+            )
+        if self._settings_apply_to(case) and case.kept_heads is not None:
+            self.state.kept_heads, self.state.threshold = case.kept_heads, case.threshold
+        self._show(case, result)
+        return True
+
+    def next_case(self):
+        return self._step_case(+1)
+
+    def previous_case(self):
+        return self._step_case(-1)
+
+    def _step_case(self, step: int):
+        if not self.state.cases:
+            self._report_error("no cases yet: segment a volume or a worklist first")
+            return None
+        current = self.state.current if self.state.current is not None else -step
+        return self.open_case((current + step) % len(self.state.cases))
+
+    @action
+    def next_region(self):
+        return self._step_region(+1)
+
+    @action
+    def previous_region(self):
+        return self._step_region(-1)
+
+    def _step_region(self, step: int):
+        case, result = self._current()
+        if not result.regions and result.region_cursor == -1:
+            agreement_id = result.heatmap_ids.get("agreement")
+            if agreement_id:  # a reopened scene: find the regions from the stored map (1 - agreement)
+                shown = image_from_volume(self.context.node(agreement_id))
+                result.regions = find_uncertain_regions(1.0 - shown)
+        if not result.regions:
+            self._changed("No uncertain region.")
+            return None
+        result.region_cursor = (result.region_cursor + step) % len(result.regions)
+        region = result.regions[result.region_cursor]
+        jump_to_region(self.context, region)
+        self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
+        self._changed(
+            f"Region {region.rank}/{len(result.regions)}: {region.volume_mm3:.0f} mm³, "
+            f"mean disagreement {region.mean_disagreement:.2f}"
+        )
+        return region
+
+    # -- decisions -------------------------------------------------------------------------------------
+
+    def _decide(self, decision: str) -> bool:
+        case, result = self._current()
+        scene_cases.write_review(self.context.node(result.segmentation_id), decision)
+        case.reviewer_decision, case.decision_source = decision, scene_cases.SOURCE_BY_REVIEW[decision]
+        self._changed(f"{case.name}: {case.decision_source}")
+        return True
+
+    @action
+    def accept(self) -> bool:
+        return self._decide("accepted")
+
+    @action
+    def flag(self) -> bool:
+        return self._decide("flagged")
+
+    @action
+    def mark_corrected(self) -> bool:
+        return self._decide("corrected")
+
+    @action
+    def hand_off_for_correction(self):
+        """(segmentation node, source volume node) of the shown case, for a segment editor."""
+        _, result = self._current()
+        return self.context.node(result.segmentation_id), self.context.node(result.input_id)
+
+    # -- scene -----------------------------------------------------------------------------------------
+
+    @action
+    def save(self, folder) -> str:
+        """Write the scene (with its data files) and every case's results bundle into ``folder``.
+
+        The bundles are referred to relative to the scene, so the folder can be moved as a whole.
+        """
+        folder = Path(folder)
+        copies = []
+        for case in self.state.cases:
+            segmentation = self.context.node(case.segmentation_id)
+            try:
+                source = scene_cases.resolve_bundle(self.context, segmentation)
+            except InputError as error:
+                self.state.status = str(error)
+                continue
+            relative = f"{BUNDLE_SUBFOLDER}/{source.name}"
+            copies.append((source, folder / relative))
+            segmentation.SetAttribute(scene_cases.BUNDLE_ATTRIBUTE, relative)
+            case.bundle_path = relative
+        # Bundles are copied after the scene is written: writing a scene folder empties it first.
+        copies = [
+            (source.read_bytes() if source.is_relative_to(folder) else source, target)
+            for source, target in copies
+        ]
+        folder.mkdir(parents=True, exist_ok=True)
+        if not self.context.app_logic.SaveSceneToSlicerDataBundleDirectory(str(folder), None):
+            raise InputError(f"{folder}: the scene could not be saved there")
+        (folder / BUNDLE_SUBFOLDER).mkdir(parents=True, exist_ok=True)
+        for source, target in copies:
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                shutil.copy2(source, target)
+        scene_file = next(folder.glob("*.mrml"))
+        self._changed(f"Saved to {scene_file}")
+        return str(scene_file)
+
+    @action
+    def restore_from_scene(self) -> int:
+        """Take up the cases a (reopened) scene holds; their bundles are read when they are recombined."""
+        restored = scene_cases.restore_results(self.context)
+        for case, result in restored:
+            if case.segmentation_id not in self._results:
+                self._results[case.segmentation_id] = result
+                self._add_case(case)
+        if restored and self.state.current is None:
+            self.open_case(0)
+        self._changed(f"{len(restored)} case(s) found in the scene." if restored else None)
+        return len(restored)
