@@ -212,21 +212,5 @@ def _write_dicom_slices(folder: Path, array: np.ndarray, series_uid: str, spacin
         writer.Execute(slice_image)
 
 
-def run_cli(*arguments, timeout: int = 300):
-    """Run ``layer-ensembles`` in a subprocess, as a user would, with the engine importable."""
-    import os
-    import subprocess
-    import sys
-
-    module_dir = Path(__file__).resolve().parents[1] / "LayerEnsemblesSegmentation"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(module_dir), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
-    command = [sys.executable, "-m", "LayerEnsemblesLib.cli", *[str(a) for a in arguments]]
-    return subprocess.run(
-        command, capture_output=True, text=True, encoding="utf-8", errors="replace", env=env, timeout=timeout
-    )
-
-
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from engine_models import error_lines, export_intensity_model, run_cli, sphere_image, write_dicom_series
+from cli_runner import run_cli
+from engine_models import error_lines, export_intensity_model, sphere_image, write_dicom_series
 from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.inference import Predictor
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from engine_models import export_intensity_model, oblique_volume, run_cli, sphere_image
+from cli_runner import run_cli
+from engine_models import export_intensity_model, oblique_volume, sphere_image
 from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.inference import Predictor
 from LayerEnsemblesLib.inference.bundle import BUNDLE_SUFFIX, load_bundle, save_bundle

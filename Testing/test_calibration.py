@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 
 import pytest
 import torch
+from cli_runner import run_cli
 from conftest import make_tiny_model
 from LayerEnsemblesLib.contract import load_model, read_metadata
 from LayerEnsemblesLib.errors import InputError
@@ -110,12 +110,7 @@ def test_only_layer_ensembles_are_calibrated(tiny_model_file, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "LayerEnsemblesLib.cli", "calibrate", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("calibrate", *args)
 
 
 def test_calibrate_cli_from_an_evaluation_csv(tiny_model_file, tmp_path):

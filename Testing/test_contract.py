@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MODULE_DIR
+from cli_runner import run_cli
 from LayerEnsemblesLib import cli
 from LayerEnsemblesLib.contract import (
     METADATA_FILE,
@@ -152,9 +152,9 @@ INVALID_FIELDS = [
     (dict(head_strides=[1, 2]), "equal length"),
     (dict(skip_heads=6), "must leave at least one"),
     (dict(kind="bagging"), "kind 'bagging'"),
-    (dict(normalization={"method": "minmax"}), "normalization method"),
+    (dict(normalization={"method": "minmax"}), "normalization.method 'minmax' must be one of"),
     (dict(patch_size=[16, 16]), "patch_size must hold 3"),
-    (dict(size_divisor=[4, 0, 4]), "size_divisor must hold 3"),
+    (dict(size_divisor=[4, 0, 4]), r"size_divisor\[1\] must be an integer"),
     (dict(target_spacing=[1.0, -1.0, 1.0]), "target_spacing"),
     (dict(aula_threshold=1.5), "aula_threshold"),
     (dict(head_upsampling="nearest"), "head_upsampling"),
@@ -179,7 +179,7 @@ def test_from_dict_refuses_foreign_newer_and_malformed_documents():
         ModelMetadata.from_dict({**document, "format_version": 99}, "m.pt")
     broken = dict(document)
     del broken["head_names"]
-    with pytest.raises(InputError, match="malformed metadata"):
+    with pytest.raises(InputError, match="head_names is missing"):
         ModelMetadata.from_dict(broken, "m.pt")
 
 
@@ -272,14 +272,10 @@ def test_info_command_prints_metadata_and_refuses_a_checkpoint(tmp_path, exporte
     assert json.loads(capsys.readouterr().out) == dataclasses.asdict(metadata)
     checkpoint = tmp_path / "checkpoint.pt"
     torch.save(network.state_dict(), checkpoint)
-    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR)}
-    command = [sys.executable, "-m", "LayerEnsemblesLib.cli", "info"]
-    shown = subprocess.run(command + [str(model)], capture_output=True, text=True, env=env, timeout=120)
+    shown = run_cli("info", model, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "contract-test" in shown.stdout and "kept heads:     4 (skip the first 2)" in shown.stdout
-    refused = subprocess.run(
-        command + [str(checkpoint)], capture_output=True, text=True, env=env, timeout=120
-    )
+    refused = run_cli("info", checkpoint, timeout=120)
     assert refused.returncode == 2
     assert refused.stderr.strip().count("\n") == 0 and str(checkpoint) in refused.stderr
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from conftest import make_tiny_model
 from LayerEnsemblesLib.commands.demo import DEMO_MODEL, crop_around
 
@@ -15,24 +14,7 @@ pytest.importorskip("nilearn")
 
 
 def _run_demo(model, out, *extra):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "LayerEnsemblesLib.cli",
-            "demo",
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("demo", "--model", model, "--out", out, "--device", "cpu", *extra, timeout=600)
 
 
 def test_crop_is_centred_on_the_ras_point():
@@ -57,7 +39,10 @@ def test_demo_writes_both_hippocampi_and_reports(tmp_path):
         assert seg.GetSize() == crop.GetSize() == (36, 50, 36)
         assert seg.GetOrigin() == pytest.approx(crop.GetOrigin())
         report = json.loads((tmp_path / "out" / f"{case}_report.json").read_text())
-        assert report["decision"] in ("accepted", "flagged")
+        # the decision follows the rule from the reported score, threshold and empty flag
+        accepted = not report["aula"]["empty_foreground"] and report["score"] >= report["threshold"]
+        assert report["decision"] == ("accepted" if accepted else "flagged")
+        assert (report["threshold"], report["threshold_source"]) == (0.9, "default")
         assert f"{case}: AULA" in result.stdout
     assert (tmp_path / "out" / "summary.csv").is_file()
     # a second run refuses to overwrite without the flag, and leaves the outputs in place

@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from engine_models import export_intensity_model, oblique_volume, run_cli, sphere_image
+from cli_runner import run_cli
+from engine_models import export_intensity_model, oblique_volume, sphere_image
 from LayerEnsemblesLib.inference import Predictor
 from LayerEnsemblesLib.inference.bundle import load_bundle
 from LayerEnsemblesLib.review.engine_process import EngineProcess

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from conftest import make_tiny_model
 from LayerEnsemblesLib.cli import main
 from LayerEnsemblesLib.evaluation import baselines, metrics
@@ -17,12 +17,7 @@ from synthetic_dataset import write_synthetic_dataset
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "LayerEnsemblesLib.cli", "evaluate", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("evaluate", *args, timeout=600)
 
 
 def _rows(path):
@@ -128,9 +123,10 @@ def test_head_curve_cost_and_run_files(evaluation):
     assert sorted({int(r["skip_heads"]) for r in heads}) == list(range(6))
     # k = 0 keeps every head: the same prediction as the row in cases.csv
     cases = {(r["case"], r["condition"]): r for r in _rows(out / "cases.csv") if r["method"] == "LE"}
-    for row in heads:
-        if row["skip_heads"] == "0":
-            assert float(row["nll"]) == pytest.approx(float(cases[(row["case"], row["condition"])]["nll"]))
+    all_heads = [row for row in heads if row["skip_heads"] == "0"]
+    assert len(all_heads) == 2 * 2
+    for row in all_heads:
+        assert float(row["nll"]) == pytest.approx(float(cases[(row["case"], row["condition"])]["nll"]))
     cost = json.loads((out / "cost.json").read_text())
     assert cost["LE"]["forward_passes"] == 1 and cost["DE"]["forward_passes"] == 2
     assert cost["DE"]["parameters"] > cost["LE"]["parameters"]
@@ -231,3 +227,73 @@ def test_resume_completes_missing_rows_only(evaluation, tmp_path):
         assert float(row["dice_mean"]) == pytest.approx(float(reference["dice_mean"]), abs=1e-6)
         assert float(row["nll"]) == pytest.approx(float(reference["nll"]), rel=1e-5)
     assert len(_rows(copy / "heads.csv")) == len(_rows(out / "heads.csv"))
+
+
+def _resume_arguments(out, dataset, copy, models):
+    arguments = ["evaluate", "--dataset", str(dataset), "--cases", f"{out.parent}/split.json:validation",
+                 "--shifts", "noise", "--severities", "3", "--device", "cpu", "--no-progress",
+                 "--no-cost-probe", "--out", str(copy), "--resume"]  # fmt: skip
+    for model in models:
+        arguments += ["--model", model]
+    return arguments
+
+
+def test_resume_with_another_model_under_the_same_name_is_refused(evaluation, tmp_path, capsys):
+    import shutil
+
+    folder, out, dataset, *_ = evaluation
+    copy = tmp_path / "resumed"
+    shutil.copytree(out, copy)
+    before = (copy / "cases.csv").read_bytes()
+    run = json.loads((out / "run.json").read_text())
+    other = make_tiny_model(tmp_path / "other.pt", seed=5, patch_size=[32, 32, 32])
+    models = {m["name"]: m["path"] for m in run["methods"]}
+    for swapped in ("LE", "DE"):  # either method's model replaced by another file
+        arguments = _resume_arguments(
+            out, dataset, copy, [f"{n}={other if n == swapped else p}" for n, p in models.items()]
+        )
+        assert main(arguments) == 2
+        stderr = capsys.readouterr().err
+        assert stderr.strip().count("\n") == 0 and f"method {swapped!r}" in stderr and "SHA-256" in stderr
+        assert (copy / "cases.csv").read_bytes() == before
+    # a run file from before checksums were recorded cannot vouch for its rows either
+    stripped = json.loads((copy / "run.json").read_text())
+    for method in stripped["methods"]:
+        method.pop("sha256")
+    (copy / "run.json").write_text(json.dumps(stripped))
+    assert main(_resume_arguments(out, dataset, copy, [f"{n}={p}" for n, p in models.items()])) == 2
+    assert "records no checksum" in capsys.readouterr().err
+    assert (copy / "cases.csv").read_bytes() == before
+
+
+def test_a_failing_case_is_a_row_and_the_others_are_evaluated(tmp_path, capsys):
+    dataset = write_synthetic_dataset(tmp_path / "data", count=3)
+    labels = tmp_path / "data" / "labelsTr"
+    shifted = sitk.ReadImage(str(labels / "case_001.nii.gz"))
+    shifted.SetOrigin((40.0, 0.0, 0.0))  # shifted 40 mm: same size and spacing, wrong place
+    sitk.WriteImage(shifted, str(labels / "case_001.nii.gz"))
+    full = sitk.GetImageFromArray(np.ones((20, 24, 22), np.uint8))  # fills the volume: surface at the border
+    sitk.WriteImage(full, str(labels / "case_002.nii.gz"))
+    model = make_tiny_model(tmp_path / "le.pt", seed=0, patch_size=[32, 32, 32])
+    out = tmp_path / "out"
+    arguments = ["evaluate", "--model", f"LE={model}", "--dataset", str(dataset), "--shifts", "noise",
+                 "--severities", "1", "--device", "cpu", "--no-progress", "--no-cost-probe",
+                 "--out", str(out)]  # fmt: skip
+    code = main(arguments)
+    stderr = capsys.readouterr().err
+    assert code == 2
+    rows = {(r["case"], r["condition"]): r for r in _rows(out / "cases.csv")}
+    assert len(rows) == 3 * 2
+    for condition in ("clean", "noise-1"):
+        assert (
+            "origin" in rows[("case_001", condition)]["error"]
+            and rows[("case_001", condition)]["dice_mean"] == ""
+        )
+        assert (
+            rows[("case_000", condition)]["error"] == ""
+            and float(rows[("case_000", condition)]["dice_mean"]) >= 0
+        )
+        full_row = rows[("case_002", condition)]
+        assert full_row["error"] == "" and np.isfinite(float(full_row["hd95_union"]))
+    assert sum("error: case_001" in line for line in stderr.splitlines()) == 2
+    assert (out / "report.md").is_file()

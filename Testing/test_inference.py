@@ -389,3 +389,16 @@ def test_thick_slices_are_fine_for_a_2d_model_but_not_for_a_3d_one(tmp_path, tin
     assert prediction.segmentation.GetSize() == (24, 24, 5)
     with pytest.raises(InputError, match="thick.nii.gz: extreme anisotropy"):
         Predictor(tiny_model_file, device="cpu").predict(image, source="thick.nii.gz")
+
+
+def test_an_array_input_says_in_the_report_what_geometry_was_assumed(intensity_model):
+    image, _ = sphere_image(spacing=(1.0, 1.0, 1.0))
+    predictor = Predictor(intensity_model, device="cpu")
+    array = sitk.GetArrayFromImage(image)
+    with_spacing = predictor.predict(array, spacing=(1.0, 1.0, 1.0), source="scan array").to_report()
+    notes = [w for w in with_spacing["warnings"] if "carries no orientation" in w]
+    assert len(notes) == 1 and "identity direction" in notes[0] and "1 mm spacing" not in notes[0]
+    without_spacing = predictor.predict(array).to_report()
+    assert any("identity direction" in w and "1 mm spacing" in w for w in without_spacing["warnings"])
+    from_image = predictor.predict(image).to_report()
+    assert not any("carries no orientation" in w for w in from_image["warnings"])

@@ -112,7 +112,8 @@ def test_negative_log_likelihood_hand_computed():
     assert metrics.negative_log_likelihood(probabilities, labels) == pytest.approx(expected)
     # a certain mistake costs -log(epsilon), not infinity
     assert metrics.negative_log_likelihood(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(
-        -math.log(metrics.NLL_EPSILON))
+        -math.log(metrics.NLL_EPSILON)
+    )
 
 
 def test_labels_to_indices_refuses_undeclared_values():
@@ -150,16 +151,97 @@ def test_empty_flag_when_prediction_misses_a_structure():
     assert row["mhd_structure"] == pytest.approx(metrics.diagonal_mm(reference.shape, (1.0, 1.0, 1.0)))
 
 
-def test_check_same_grid():
+def test_check_same_grid_is_the_one_training_uses():
+    from LayerEnsemblesLib import data, grids
+
+    assert metrics.check_same_grid is grids.check_same_grid
+    assert data.check_same_grid is grids.check_same_grid
     image = sitk.Image(4, 5, 6, sitk.sitkFloat32)
     label = sitk.Image(4, 5, 7, sitk.sitkUInt8)
-    with pytest.raises(InputError, match="label size"):
+    with pytest.raises(InputError, match=r"case_001: label geometry differs .*size \(4, 5, 7\)"):
         metrics.check_same_grid(image, label, "case_001")
     label = sitk.Image(4, 5, 6, sitk.sitkUInt8)
     label.SetSpacing((1.0, 1.0, 2.0))
-    with pytest.raises(InputError, match="label spacing"):
+    with pytest.raises(InputError, match="spacing"):
+        metrics.check_same_grid(image, label, "case_001")
+
+
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        (lambda label: label.SetOrigin((40.0, 0.0, 0.0)), "origin"),  # shifted 40 mm
+        (lambda label: label.SetDirection((-1, 0, 0, 0, 1, 0, 0, 0, 1)), "direction"),  # flipped
+        (lambda label: label.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, 1)), "direction"),  # axes swapped
+        (lambda label: label.SetOrigin((0.0, 0.0, 0.01)), "origin"),  # a hundredth of a voxel
+    ],
+)
+def test_check_same_grid_refuses_shifted_and_flipped_labels(change, word):
+    image = sitk.Image(4, 5, 6, sitk.sitkFloat32)
+    label = sitk.Image(4, 5, 6, sitk.sitkUInt8)
+    metrics.check_same_grid(image, label, "case_001")  # the same grid passes
+    change(label)
+    with pytest.raises(InputError, match=word):
         metrics.check_same_grid(image, label, "case_001")
 
 
 def test_column_name():
     assert metrics.column_name("Left Ventricle (LV)") == "left_ventricle_lv"
+
+
+def _monai_hd95(prediction: np.ndarray, reference: np.ndarray, spacing) -> float:
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+
+    def one_hot(mask):
+        mask = torch.as_tensor(mask, dtype=torch.float32)
+        return torch.stack([1 - mask, mask])[None]
+
+    distance = monai_metrics.compute_hausdorff_distance(
+        one_hot(prediction), one_hot(reference), percentile=95, spacing=list(spacing[::-1])
+    )
+    return float(distance[0, 0])
+
+
+def _blob(shape, centre, radius, spacing=(1.0, 1.0, 1.0)):
+    grid = np.indices(shape).astype(float)
+    scale = np.asarray(spacing[::-1], float)[:, None, None, None]
+    offset = (grid - np.asarray(centre, float)[:, None, None, None]) * scale
+    return (offset**2).sum(axis=0) <= radius**2
+
+
+BORDER_CASES = {
+    # name: (prediction, reference) builders on a (12, 14, 16) grid
+    "inside": lambda s: (_blob(s, (6, 7, 8), 4), _blob(s, (6, 7, 9), 3.5)),
+    "touching the border": lambda s: (_blob(s, (0, 7, 8), 5), _blob(s, (1, 7, 8), 4.5)),
+    "cut by two borders": lambda s: (_blob(s, (0, 0, 8), 6), _blob(s, (2, 1, 6), 5)),
+    "full against a blob": lambda s: (np.ones(s, bool), _blob(s, (6, 7, 8), 4)),
+    "full against a border slab": lambda s: (np.ones(s, bool), np.indices(s)[0] < 4),
+    "slab against a slab": lambda s: (np.indices(s)[2] < 5, np.indices(s)[2] < 9),
+    "full against full": lambda s: (np.ones(s, bool), np.ones(s, bool)),
+    "thin diagonal": lambda s: (np.eye(s[1], s[2], dtype=bool)[None].repeat(s[0], 0), _blob(s, (6, 7, 8), 3)),
+}
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.2, 2.5)])
+@pytest.mark.parametrize("case", list(BORDER_CASES))
+def test_hausdorff95_matches_monai_at_the_border_and_for_full_masks(case, spacing):
+    """Outside the image is background and surfaces are face-connected, as in MONAI's definition."""
+    prediction, reference = BORDER_CASES[case]((12, 14, 16))
+    assert prediction.any() and reference.any()
+    ours = metrics.hausdorff95(prediction, reference, spacing)
+    assert math.isfinite(ours)
+    assert ours == pytest.approx(_monai_hd95(prediction, reference, spacing), abs=1e-4)
+
+
+def test_the_surface_is_face_connected_and_padded():
+    cube = np.zeros((5, 5, 5), bool)
+    cube[1:4, 1:4, 1:4] = True
+    assert metrics.surface(cube).sum() == 26  # every voxel but the centre has a face in the background
+    full = np.ones((3, 3, 3), bool)
+    assert metrics.surface(full).sum() == 26  # the image border is a surface, the centre is not
+    plus = np.zeros((3, 3, 3), bool)  # the centre touches background only across edges and corners
+    plus[1] = True
+    plus[:, 1, 1] = True
+    plus_surface = metrics.surface(plus)
+    assert plus_surface[1, 1, 1] == False  # noqa: E712 - its six face neighbours are all foreground
+    assert plus_surface.sum() == plus.sum() - 1

@@ -50,8 +50,8 @@ def test_session_recombine_next_region_and_remove(session_case, tiny_model_file)
     session.set_heatmap_opacity(0.3)
     assert all(c.GetForegroundOpacity() == pytest.approx(0.3) for c in context.nodes_by_class(
         "vtkMRMLSliceCompositeNode"))
-    if result.regions:
-        assert session.next_region() == result.regions[0]
+    assert result.regions  # an untrained model disagrees somewhere: there is a region to jump to
+    assert session.next_region() == result.regions[0]
     remove_result(context, result)
     color_table = [n.GetID() for n in context.nodes_by_class("vtkMRMLColorTableNode")
                    if n.GetAttribute("LayerEnsembles.ColorTable")]

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import MODULE_DIR
+from cli_runner import run_cli
 from LayerEnsemblesLib import cli
 from LayerEnsemblesLib.contract import load_model
 from training_data import to_image, write_blob_dataset
@@ -28,17 +25,6 @@ TINY = [
     "1",
     "--quiet",
 ]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "LayerEnsemblesLib.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
 
 
 def assert_one_line_error(result, *fragments: str) -> None:

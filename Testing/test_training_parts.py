@@ -148,7 +148,7 @@ def test_label_values_are_mapped_to_class_indices(tmp_path):
 @pytest.mark.parametrize(
     "problem, message",
     [
-        ("shape", "label size"),
+        ("shape", "label geometry differs"),
         ("spacing", "label geometry differs"),
         ("origin", "label geometry differs"),
         ("values", "label values [5] are outside the declared classes [0, 1, 2]"),
@@ -328,6 +328,10 @@ def test_zero_weight_heads_stay_in_the_graph_without_gradient():
 class PointwiseHeads(torch.nn.Module):
     """Two heads from per-voxel functions of the input (one at stride 2): tiles cannot change them."""
 
+    head_strides = [2, 1]
+    size_divisor = 2
+    num_classes = 2
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         fine = torch.cat([-x, x], dim=1)
         pooled = F.avg_pool3d(x, 2) if x.dim() == 5 else F.avg_pool2d(x, 2)
@@ -380,3 +384,37 @@ def test_mixed_precision_only_on_cuda():
     if torch.cuda.is_available():
         assert resolve_amp("fp16", torch.device("cuda")) == torch.float16
         assert resolve_amp("off", torch.device("cuda")) is None
+
+
+@pytest.mark.parametrize("spatial_dims", [3, 2])
+def test_validation_decides_voxel_by_voxel_like_the_deployed_engine(tmp_path, spatial_dims):
+    """Several overlapping windows: the training tiler must blend them the way `segment` does."""
+    import SimpleITK as sitk
+    from conftest import make_tiny_model
+    from LayerEnsemblesLib.contract import load_model
+    from LayerEnsemblesLib.inference import Predictor
+    from LayerEnsemblesLib.networks import LayerEnsembleUNet
+    from LayerEnsemblesLib.preprocessing import to_network_space
+
+    path = make_tiny_model(tmp_path / "model.pt", spatial_dims=spatial_dims, seed=3, skip_heads=1)
+    _, metadata = load_model(path)
+    torch.manual_seed(3)  # the same weights make_tiny_model exported
+    network = LayerEnsembleUNet(spatial_dims, 1, 3, depth=3, base_channels=4).eval()
+    rng = np.random.default_rng(5)
+    array = rng.normal(size=(20, 36, 44)).astype(np.float32)
+    array[6:14, 10:26, 12:30] += 2.0
+    image = sitk.GetImageFromArray(array)
+    deployed = sitk.GetArrayFromImage(Predictor(path, device="cpu").predict(image).segmentation)
+
+    volume, geometry = to_network_space(image, metadata, "volume")
+    probabilities = predict_head_probabilities(
+        network, volume, spatial_dims, metadata.patch_size, torch.device("cpu")
+    )
+    crop = tuple(
+        slice(before, size - after)
+        for (before, after), size in zip(geometry.padding, geometry.shape, strict=True)
+    )
+    ensemble = probabilities[metadata.skip_heads :].mean(0).argmax(0).numpy()[crop]
+    assert ensemble.shape == deployed.shape
+    assert len(np.unique(deployed)) > 1  # a decision with more than one class to agree on
+    assert np.array_equal(ensemble, deployed)

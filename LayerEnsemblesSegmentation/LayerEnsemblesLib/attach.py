@@ -19,6 +19,9 @@ from torch import nn
 class AttachedLayerEnsemble(nn.Module):
     """Wraps ``backbone`` and adds one head per entry of ``layer_names`` (shallow to deep)."""
 
+    # forward hooks cannot be scripted: export traces this model (checked on two input sizes)
+    export_by_tracing = True
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -9,7 +9,6 @@ producers in ``docs/model-contract.md``; keep the two in step.
 from __future__ import annotations
 
 import copy
-import io
 import json
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -20,13 +19,10 @@ import torch
 
 from .errors import InputError, first_line
 from .fileio import atomic_write_bytes
+from .metadata_schema import FORMAT_NAME, FORMAT_VERSION, HEAD_UPSAMPLING, PER_CHANNEL, check_document
 
 METADATA_FILE = "layer_ensembles.json"
-FORMAT_NAME = "layer-ensembles-model"
-FORMAT_VERSION = 1
-MODEL_KINDS = ("layer_ensemble", "deep_ensemble", "mc_dropout")
-NORMALIZATION_METHODS = ("percentile_zscore", "ct_window", "zscore", "none")
-HEAD_UPSAMPLING = "linear_align_corners_false"
+MAX_METADATA_BYTES = 1 << 20  # the shipped model's document is 2.4 kB; anything near this is not metadata
 DEFAULT_COLORS = [
     (0, 0, 0),
     (230, 159, 0),
@@ -63,6 +59,10 @@ class ModelMetadata:
     )
     patch_size: list[int] = field(default_factory=list)
     size_divisor: list[int] = field(default_factory=list)
+    # padding of the normalised input: at least to the patch size (as nnU-Net and MONAI do, so that a small
+    # image is never seen through a smaller window), and with this value instead of each channel's minimum
+    pad_to_patch: bool = False
+    pad_value: float | None = None
     aula_threshold: float | None = None
     quality_map: dict[str, Any] | None = None  # score -> estimated Dice; see LayerEnsemblesLib.quality
     decision_score: str = "aula_norm_union"  # see LayerEnsemblesLib.decision_scores
@@ -91,63 +91,33 @@ class ModelMetadata:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, document: dict[str, Any], source: str = "metadata") -> ModelMetadata:
+    def from_dict(cls, document: Any, source: str = "metadata") -> ModelMetadata:
+        """The metadata of a parsed JSON document, after :func:`check_document` has vetted every field."""
+        check_document(document, source)
         document = copy.deepcopy(document)
-        if document.get("format") != FORMAT_NAME:
-            raise InputError(f"{source}: not a layer-ensembles model (format is {document.get('format')!r})")
-        version = document.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise InputError(
-                f"{source}: format version {version!r} is newer than this reader ({FORMAT_VERSION})"
-            )
-        try:
-            document["classes"] = [ClassInfo(**c) for c in document["classes"]]
-            known = {f for f in cls.__dataclass_fields__}
-            metadata = cls(**{k: v for k, v in document.items() if k in known})
-        except (KeyError, TypeError) as error:
-            raise InputError(f"{source}: malformed metadata ({error})") from None
-        metadata.validate(source)
-        return metadata
+        known = set(cls.__dataclass_fields__)
+        class_fields = set(ClassInfo.__dataclass_fields__)
+        document["classes"] = [
+            ClassInfo(**{k: v for k, v in c.items() if k in class_fields}) for c in document["classes"]
+        ]
+        return cls(**{k: v for k, v in document.items() if k in known})
 
     def validate(self, source: str = "metadata") -> None:
         """Reject documents a consumer could not apply, so errors surface at load time, not mid-run."""
-        problems = []
-        if self.spatial_dims not in (2, 3):
-            problems.append(f"spatial_dims must be 2 or 3, not {self.spatial_dims}")
-        if self.in_channels < 1:
-            problems.append("in_channels must be positive")
-        if len(self.classes) < 2:
-            problems.append("at least two classes (background and one structure) are needed")
-        values = [c.value for c in self.classes]
-        if len(set(values)) != len(values) or 0 not in values:
-            problems.append("class values must be unique and include 0 (background)")
-        if len(self.head_names) != len(self.head_strides) or not self.head_names:
-            problems.append("head_names and head_strides must be non-empty and of equal length")
-        if not 0 <= self.skip_heads < max(len(self.head_names), 1):
-            problems.append(
-                f"skip_heads {self.skip_heads} must leave at least one of {len(self.head_names)} heads"
-            )
-        if self.kind not in MODEL_KINDS:
-            problems.append(f"kind {self.kind!r} is not one of {MODEL_KINDS}")
-        if self.normalization.get("method") not in NORMALIZATION_METHODS:
-            problems.append(f"normalization method must be one of {NORMALIZATION_METHODS}")
-        for name in ("patch_size", "size_divisor"):
-            value = getattr(self, name)
-            if len(value) != self.spatial_dims or any(v < 1 for v in value):
-                problems.append(f"{name} must hold {self.spatial_dims} positive integers")
-        if self.target_spacing is not None and (
-            len(self.target_spacing) != 3 or min(self.target_spacing) <= 0
-        ):
-            problems.append("target_spacing must be null or three positive numbers (x, y, z in mm)")
-        if self.aula_threshold is not None and not 0 <= self.aula_threshold <= 1:
-            problems.append("aula_threshold must be in [0, 1]")
-        from .quality import calibration_problems  # decision_score and quality_map
+        try:
+            document = json.loads(self.to_json())  # what a reader will see, NaN included
+        except (TypeError, ValueError) as error:  # e.g. numpy integers in a size list
+            raise InputError(
+                f"{source}: invalid metadata: not JSON-serialisable ({first_line(error)})"
+            ) from None
+        check_document(document, source)
 
-        problems += calibration_problems(self.decision_score, self.quality_map)
-        if self.head_upsampling != HEAD_UPSAMPLING:
-            problems.append(f"head_upsampling {self.head_upsampling!r} is not supported")
-        if problems:
-            raise InputError(f"{source}: invalid metadata: {'; '.join(problems)}")
+
+def channel_normalizations(normalization: dict[str, Any], channels: int) -> list[dict[str, Any]]:
+    """One normalisation per input channel: the shared one repeated, or the per-channel list."""
+    if normalization.get("method") == PER_CHANNEL:
+        return list(normalization["channels"])
+    return [normalization] * channels
 
 
 def default_classes(names: list[str]) -> list[ClassInfo]:
@@ -160,77 +130,100 @@ def export_model(
     path: str | Path,
     overwrite: bool = False,
     check_shape: list[int] | None = None,
+    trace: bool | None = None,
 ) -> Path:
-    """Script (or, for hooked models, trace) ``model`` and write it with ``metadata`` embedded.
+    """Script ``model`` (trace it only when it sets ``export_by_tracing`` or ``trace=True``) and write it
+    with ``metadata`` embedded.
 
-    The archive is checked against the eager model on a random input before it is written, because a
-    trace can silently bake in shapes; it is written to a temporary name and renamed into place.
+    The saved archive is reloaded and compared with the eager model on the patch size and on a second
+    size (see :mod:`.scripting`) before it is written to a temporary name and renamed into place.
+    ``check_shape`` ([N, C, *spatial]) replaces the patch size as the first check input.
     """
+    from .scripting import archive_bytes, check_shapes
+
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path}: already exists (pass overwrite to replace it)")
     metadata.validate(str(path))
-    model = model.eval().cpu()
-    shape = check_shape or [1, metadata.in_channels, *metadata.patch_size]
-    example = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-    try:
-        scripted = torch.jit.script(model)
-    except Exception:  # hooks and Python-side dicts cannot be scripted: trace instead
-        scripted = torch.jit.trace(model, example, check_trace=False, strict=False)
-    with torch.no_grad():
-        expected = model(example)
-        actual = scripted(example)
-    if len(expected) != len(actual) or len(actual) != metadata.num_heads:
-        raise InputError(
-            f"{path}: the model returns {len(actual)} outputs but the metadata declares "
-            f"{metadata.num_heads} heads"
-        )
-    worst = max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
-    if worst > 1e-4:
-        raise InputError(f"{path}: exported model differs from the eager model by {worst:.2e}")
-    buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: metadata.to_json()})
-    atomic_write_bytes(path, buffer.getvalue(), overwrite=overwrite)
+    first = list(check_shape[2:]) if check_shape else list(metadata.patch_size)
+    data = archive_bytes(
+        model,
+        metadata.in_channels,
+        check_shapes(first, metadata.size_divisor),
+        metadata.num_heads,
+        {METADATA_FILE: metadata.to_json()},
+        trace,
+        str(path),
+    )
+    atomic_write_bytes(path, data, overwrite=overwrite)
     return path
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:
-    """Read only the metadata, without building the network (fast, for ``info`` and the Slicer summary)."""
+    """The metadata every reader uses (``info``, ``segment``, the Slicer summary), without the network.
+
+    The archive must hold exactly one metadata document, at the place TorchScript reads it from, and
+    its size is checked in the zip directory before a byte is inflated: a small file must not be able
+    to make a reader allocate gigabytes, and a second document must not let two readers disagree.
+    """
     path = _check_archive(Path(path))
     with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.endswith(f"extra/{METADATA_FILE}")]
-        if not names:
-            raise InputError(
-                f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})"
-            )
-        document = archive.read(names[0])
+        member = _metadata_member(archive, path)
+        with archive.open(member) as handle:
+            document = handle.read(MAX_METADATA_BYTES + 1)
+    if len(document) > MAX_METADATA_BYTES:  # the directory's size was a lie
+        raise InputError(f"{path}: metadata document larger than {MAX_METADATA_BYTES} bytes")
     return _parse(document, path)
 
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
-    """Load a model file as TorchScript (never by unpickling) and return it with its metadata."""
-    path = _check_archive(Path(path))
-    extra = {METADATA_FILE: ""}
+    """Load a model file as TorchScript (never by unpickling) and return it with its metadata.
+
+    The metadata comes from :func:`read_metadata`, the same bytes ``info`` shows; TorchScript is not
+    asked to read the document again.
+    """
+    metadata = read_metadata(path)
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as error:
         raise InputError(
             f"{path}: corrupt or unsupported TorchScript archive ({first_line(error)})"
         ) from None
-    if not extra[METADATA_FILE]:
-        raise InputError(f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})")
-    metadata = _parse(extra[METADATA_FILE], path)
     module.eval()
     return module, metadata
+
+
+def _metadata_member(archive: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo:
+    """The one ``<archive>/extra/layer_ensembles.json`` member, after its declared size is checked."""
+    documents = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == METADATA_FILE]
+    if not documents:
+        raise InputError(f"{path}: TorchScript archive without layer-ensembles metadata ({METADATA_FILE})")
+    if len(documents) > 1:
+        raise InputError(
+            f"{path}: {len(documents)} metadata documents ({', '.join(i.filename for i in documents[:3])}); "
+            "a model file holds exactly one"
+        )
+    member = documents[0]
+    prefix = archive.infolist()[0].filename.split("/", 1)[0]
+    if member.filename != f"{prefix}/extra/{METADATA_FILE}":
+        raise InputError(
+            f"{path}: metadata document at {member.filename}, not {prefix}/extra/{METADATA_FILE} "
+            "where TorchScript keeps it"
+        )
+    if member.file_size > MAX_METADATA_BYTES:
+        raise InputError(
+            f"{path}: metadata document of {member.file_size} bytes (the limit is {MAX_METADATA_BYTES})"
+        )
+    return member
 
 
 def _parse(document: str | bytes, path: Path) -> ModelMetadata:
     try:
         parsed = json.loads(document)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: metadata is not valid JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise InputError(f"{path}: metadata is not valid JSON ({first_line(error)})") from None
     return ModelMetadata.from_dict(parsed, str(path))
 
 
@@ -260,6 +253,7 @@ def _check_archive(path: Path) -> Path:
                 f"{path}: a torch.save checkpoint (zip of pickles), not a TorchScript model; "
                 "export it with `layer-ensembles export`"
             )
+        _metadata_member(archive, path)  # sizes first: testzip below inflates every member
         # torch.jit.load does not verify checksums: a damaged weight would load silently as wrong numbers
         try:
             damaged = archive.testzip()

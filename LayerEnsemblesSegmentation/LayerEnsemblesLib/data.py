@@ -9,7 +9,6 @@ user can fix are raised as one-line :class:`InputError` messages that name the f
 
 from __future__ import annotations
 
-import json
 import random
 import zlib
 from collections import Counter
@@ -23,7 +22,8 @@ import torch
 
 from .contract import ModelMetadata
 from .errors import InputError
-from .fileio import read_image
+from .fileio import read_image, read_json_object
+from .grids import check_same_grid
 from .preprocessing import label_to_network_space, to_network_space
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
@@ -79,14 +79,7 @@ def case_id_from_path(path: Path) -> str:
 def read_dataset_json(path: str | Path) -> DatasetSource:
     """An MSD ``dataset.json``: ``labels`` maps values to names, ``training`` lists image/label pairs."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: dataset.json not found")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: malformed dataset.json (expected a JSON object)")
+    document = read_json_object(path, "dataset.json not found")
     labels, training = document.get("labels"), document.get("training")
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{path}: malformed dataset.json (no 'labels' object mapping values to names)")
@@ -228,25 +221,9 @@ def make_split(case_ids: Sequence[str], validation_fraction: float, seed: int) -
 
 def check_pair(image: sitk.Image, label: sitk.Image, files: CaseFiles) -> None:
     """Image and label must share one voxel grid; anything else would train on misaligned labels."""
-    if image.GetSize() != label.GetSize():
-        raise InputError(
-            f"{files.label}: label size {label.GetSize()} differs from image size {image.GetSize()} "
-            f"({files.image.name})"
-        )
     if label.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{files.label}: a label must have one component per voxel")
-    spacing = np.asarray(image.GetSpacing())
-    problems = []
-    if not np.allclose(spacing, label.GetSpacing(), rtol=1e-4, atol=1e-6):
-        problems.append(f"spacing {label.GetSpacing()} vs {image.GetSpacing()}")
-    if not np.allclose(image.GetOrigin(), label.GetOrigin(), atol=1e-3 * float(spacing.max())):
-        problems.append(f"origin {label.GetOrigin()} vs {image.GetOrigin()}")
-    if not np.allclose(image.GetDirection(), label.GetDirection(), atol=1e-4):
-        problems.append("direction")
-    if problems:
-        raise InputError(
-            f"{files.label}: label geometry differs from its image {files.image.name} ({'; '.join(problems)})"
-        )
+    check_same_grid(image, label, str(files.label), image_name=files.image.name)
 
 
 def prepare_case(files: CaseFiles, metadata: ModelMetadata, class_values: Sequence[int]) -> PreparedCase:

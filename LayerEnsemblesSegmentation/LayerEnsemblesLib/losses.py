@@ -8,6 +8,7 @@ weighted mean over heads and its scale does not depend on the number of heads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -48,8 +49,8 @@ def resolve_head_weights(spec: str | Sequence[float], num_heads: int) -> list[fl
         raise InputError(
             f"head weights {weights}: {len(weights)} values for a network with {num_heads} heads"
         )
-    if min(weights) < 0 or sum(weights) <= 0:
-        raise InputError(f"head weights {weights}: must be non-negative with a positive sum")
+    if not all(math.isfinite(w) for w in weights) or min(weights) < 0 or sum(weights) <= 0:
+        raise InputError(f"head weights {weights}: must be finite, non-negative, with a positive sum")
     total = sum(weights)
     return [w / total for w in weights]
 

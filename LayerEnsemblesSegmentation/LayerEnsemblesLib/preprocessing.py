@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .contract import ModelMetadata
+from .contract import ModelMetadata, channel_normalizations
 from .errors import InputError
 
 MAX_ANISOTROPY = 6.0
@@ -110,6 +110,11 @@ def normalize(array: np.ndarray, normalization: dict) -> np.ndarray:
     if method == "ct_window":
         center, width = float(normalization["center"]), float(normalization["width"])
         return np.clip((array - center) / (width / 2.0), -1.0, 1.0).astype(np.float32)
+    if method == "clip_zscore":  # fixed dataset statistics (nnU-Net's CTNormalization)
+        clipped = np.clip(array, float(normalization["lower"]), float(normalization["upper"]))
+        return ((clipped - float(normalization["mean"])) / max(float(normalization["std"]), 1e-8)).astype(
+            np.float32
+        )
     if method == "percentile_zscore":
         low, high = np.percentile(array, [normalization.get("lower", 0.5), normalization.get("upper", 99.5)])
         array = np.clip(array, low, high)
@@ -148,14 +153,25 @@ def to_network_space(
     array = array[None] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array, -1, 0)
     divisor = network_divisor(metadata)
     too_small = [a for a in range(3) if array.shape[1 + a] < divisor[a]]
-    if too_small:
+    if too_small and not metadata.pad_to_patch:
         raise InputError(
             f"{source}: volume of {array.shape[1:]} voxels (z, y, x) in network space is smaller "
             f"than the network's size divisor {divisor}"
         )
-    channels = [normalize(c, metadata.normalization) for c in array]
-    pads = padding_for(array.shape[1:], divisor)
-    padded = np.stack([np.pad(c, pads, mode="constant", constant_values=float(c.min())) for c in channels])
+    settings = channel_normalizations(metadata.normalization, len(array))
+    channels = [normalize(c, s) for c, s in zip(array, settings, strict=True)]
+    minimum = None
+    if metadata.pad_to_patch:  # as nnU-Net and MONAI's sliding window: never a window below the patch
+        minimum = list(metadata.patch_size) if metadata.spatial_dims == 3 else [1, *metadata.patch_size]
+    pads = padding_for(array.shape[1:], divisor, minimum)
+    padded = np.stack(
+        [
+            np.pad(
+                c, pads, constant_values=float(c.min()) if metadata.pad_value is None else metadata.pad_value
+            )
+            for c in channels
+        ]
+    )
     return padded.astype(np.float32, copy=False), NetworkGeometry(image, pads, padded.shape[1:])
 
 

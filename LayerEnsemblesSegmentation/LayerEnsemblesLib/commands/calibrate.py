@@ -86,9 +86,9 @@ def add_parser(subparsers) -> None:
 
 
 def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> tuple[list, list, str, list]:
-    from ..evaluation.runner import read_csv
+    from ..evaluation.tables import read_csv
 
-    rows = read_csv(path)
+    rows = read_csv(path, required=("method", score, metric))
     layer_ensembles = sorted(
         {
             r["method"]
@@ -106,9 +106,6 @@ def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> t
     selected = [r for r in rows if r["method"] == method]
     if not selected:
         raise InputError(f"{path}: no rows for method {method!r}")
-    for column in (score, metric):
-        if column not in selected[0]:
-            raise InputError(f"{path}: no column {column!r}")
     return (
         [r[score] for r in selected],
         [r[metric] for r in selected],
@@ -175,13 +172,15 @@ def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..contract import read_metadata
     from ..decision_scores import decision_score_of
-    from ..evaluation.calibration import choose_threshold, write_threshold
+    from ..evaluation.calibration import check_targets, choose_threshold, write_threshold
 
     wants_threshold = args.target_dice is not None or args.sensitivity is not None
     if wants_threshold and (args.target_dice is None or args.sensitivity is None):
         raise InputError("a threshold needs both --target-dice and --sensitivity")
     if not wants_threshold and not args.quality_map:
         raise InputError("give --target-dice and --sensitivity (a threshold), --quality-map, or both")
+    if wants_threshold:
+        check_targets(args.target_dice, args.sensitivity)  # before any case is run
     if args.in_place and args.out:
         raise InputError("give either --out FILE or --in-place, not both")
     if args.in_place and not args.overwrite:
@@ -202,6 +201,12 @@ def run(args: argparse.Namespace) -> int:
         if args.score and args.score != args.decision_score:
             raise InputError("--score and --decision-score name different scores")
     args.score = args.score or args.decision_score or decision_score_of(metadata)
+    decides_on = args.decision_score or decision_score_of(metadata)
+    if destination is not None and args.score != decides_on:  # refused before any case is run
+        raise InputError(
+            f"--score {args.score}: the engine accepts or flags a case on {decides_on}, so only a "
+            f"threshold on {decides_on} can be written into this model (drop --out/--in-place to compare)"
+        )
     if args.from_csv:
         scores, dice, data, case_ids = _pairs_from_csv(args.from_csv, args.method, args.score, args.metric)
         _warn_if_other_model(args.from_csv, data, args.model)

@@ -124,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
             "--overwrite to replace it, or --report-only to rebuild its report"
         )
     methods = runner.load_methods(args.model)
+    if args.resume and existing.exists():  # before any work: a resume must use the same models
+        runner.check_resume_models(Path(args.out) / runner.RUN_FILE, methods)
     cases, description = select_cases(args.dataset, args.images, args.labels, args.cases, args.max_cases)
     settings = runner.EvaluationSettings(
         shifts=shifts.parse_shifts(args.shifts),
@@ -156,4 +158,11 @@ def run(args: argparse.Namespace) -> int:
     )
     written = report.build_report(args.out)
     print(f"wrote {args.out}/{runner.CASES_FILE} and {', '.join(p.name for p in written)}")
+    failed = [r for r in runner.read_csv(Path(args.out) / runner.CASES_FILE) if runner.is_failed_row(r)]
+    if failed:  # the report is built without them (NaN metrics); rerun with --resume after fixing them
+        print(
+            f"error: {len(failed)} row(s) failed; see the error column of {runner.CASES_FILE}",
+            file=sys.stderr,
+        )
+        return 2
     return 0

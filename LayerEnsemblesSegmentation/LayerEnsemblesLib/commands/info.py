@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..contract import ModelMetadata, read_metadata
+from ..contract import PER_CHANNEL, ModelMetadata, read_metadata
 
 
 def add_parser(subparsers) -> None:
@@ -12,6 +12,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("model", help="a model file written by `layer-ensembles export`")
     parser.add_argument("--json", action="store_true", help="print the raw JSON document")
     parser.set_defaults(run=run)
+
+
+def describe_normalization(normalization: dict) -> str:
+    def one(entry: dict) -> str:
+        settings = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, (int, float)) else f"{k} {v}"
+            for k, v in sorted(entry.items())
+            if k != "method"
+        )
+        return f"{entry.get('method')} ({settings})" if settings else str(entry.get("method"))
+
+    if normalization.get("method") == PER_CHANNEL:
+        return "; ".join(f"channel {i}: {one(e)}" for i, e in enumerate(normalization["channels"]))
+    return one(normalization)
 
 
 def describe(metadata: ModelMetadata) -> str:
@@ -26,7 +40,7 @@ def describe(metadata: ModelMetadata) -> str:
         f"kept heads:     {kept} (skip the first {metadata.skip_heads})",
         f"target spacing: {metadata.target_spacing or 'native'} mm (x, y, z)",
         f"orientation:    {metadata.orientation or 'as given'}",
-        f"normalisation:  {metadata.normalization}",
+        f"normalisation:  {describe_normalization(metadata.normalization)}",
         f"patch size:     {metadata.patch_size} (z, y, x), size divisor {metadata.size_divisor}",
         "AULA threshold: "
         + (
@@ -43,11 +57,15 @@ def describe(metadata: ModelMetadata) -> str:
             else "no quality map (segment shows AULA alone)"
         ),
     ]
+    if "converted_from" in metadata.provenance:
+        lines.insert(1, f"converted from: {metadata.provenance['converted_from']}")
     if metadata.kind == "deep_ensemble":
         lines.append(f"members:        {metadata.members}")
     if metadata.kind == "mc_dropout":
         lines.append(f"samples:        {metadata.samples}")
     for key, value in sorted(metadata.provenance.items()):
+        if key == "converted_from":
+            continue
         lines.append(f"{key + ':':<15} {value}")
     return "\n".join(lines)
 

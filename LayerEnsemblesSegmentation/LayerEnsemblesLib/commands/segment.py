@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, first_line
-from ..fileio import atomic_write_image, atomic_write_json, atomic_write_text, read_image
+from ..fileio import Output, atomic_write_text, image_output, json_output, read_image, write_outputs
+from .outputs import check_output_folder, check_targets, previous_outputs, remove_stale
 
 KNOWN_SUFFIXES = (
     ".nii.gz",
@@ -144,7 +145,17 @@ def add_parser(subparsers) -> None:
         help="print only JSON lines on stdout (started, progress, case_done, case_failed, finished), "
         "for a parent process such as the Slicer module",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (and remove the previous run's outputs of a case that this "
+        "run does not write again)",
+    )
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run inputs whose resampling to the model's spacing multiplies the voxels (refused by default)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-case lines")
     parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
     parser.set_defaults(run=run)
@@ -165,8 +176,6 @@ def _run(args: argparse.Namespace, events) -> int:
     out = Path(args.out)
     inputs = [Path(p) for p in args.inputs]
     summary_path = out / SUMMARY_NAME
-    if len(inputs) > 1 and summary_path.exists() and not args.overwrite:
-        raise InputError(f"{summary_path}: already exists (use --overwrite to replace it)")
     predictor = Predictor(
         args.model,
         device=args.device,
@@ -175,18 +184,22 @@ def _run(args: argparse.Namespace, events) -> int:
         memory_budget_gb=args.memory_budget,
         mixed_precision=args.mixed_precision,
         head_precision=args.head_precision,
+        allow_large=args.allow_large,
     )
     # argument problems are the same for every case: report them once, before any work
     resolve_head_range(
         len(predictor.member_names), predictor.metadata.skip_heads, args.skip_heads, args.heads, args.model
     )
     resolve_threshold(args.threshold, predictor.metadata, args.model)
+    check_output_folder(out)  # before any case: an unwritable --out must not cost any inference
+    if len(inputs) > 1:
+        check_targets([summary_path], args.overwrite)
 
     progress = events or _Progress(len(inputs), enabled=not args.quiet)
     progress.started(args.model, str(predictor.device))
     rows: list[dict[str, Any]] = []
     names = _case_names(inputs)
-    failures = 0
+    failures = bugs = 0  # bad input exits 2; an unexpected error (a bug) exits 1
     for path, case in zip(inputs, names, strict=False):
         try:
             if case is None:
@@ -204,6 +217,7 @@ def _run(args: argparse.Namespace, events) -> int:
             if args.debug:
                 raise
             failures += 1
+            bugs += not isinstance(error, (OSError, MemoryError))  # a full disk is not a bug
             progress.case_failed(
                 case or path.name, path, f"{path}: {type(error).__name__}: {first_line(error)}"
             )
@@ -220,7 +234,7 @@ def _run(args: argparse.Namespace, events) -> int:
     if len(inputs) > 1:
         atomic_write_text(summary_path, _summary_csv(rows, predictor.metadata), overwrite=args.overwrite)
     progress.finished(len(inputs) - failures, failures, summary_path if len(inputs) > 1 else None)
-    return 2 if failures else 0
+    return 1 if bugs else 2 if failures else 0
 
 
 def case_name(path: Path) -> str:
@@ -247,7 +261,7 @@ def output_extension(path: Path, choice: str) -> str:
 
 
 def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Namespace, progress) -> dict:
-    from ..inference.bundle import BUNDLE_SUFFIX, save_bundle
+    from ..inference.bundle import BUNDLE_SUFFIX, bundle_output
 
     extension = output_extension(path, args.format)
     targets = {"segmentation": out / f"{case}_seg{extension}"}
@@ -258,10 +272,8 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
     if args.save_heads:
         targets["heads"] = out / f"{case}{BUNDLE_SUFFIX}"
     report_path = out / f"{case}_report.json"
-    if not args.overwrite:  # check every target first: a case either writes all its files or none
-        for target in [*targets.values(), report_path]:
-            if target.exists():
-                raise InputError(f"{target}: already exists (use --overwrite to replace it)")
+    check_targets([*targets.values(), report_path], args.overwrite)  # before this case's inference
+    previous = previous_outputs(report_path, case) if args.overwrite else []
     start = time.perf_counter()
     image = read_image(path)
     read_seconds = time.perf_counter() - start
@@ -275,22 +287,36 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
         source=str(path),
     )
     write_start = time.perf_counter()
-    atomic_write_image(targets["segmentation"], prediction.segmentation, overwrite=args.overwrite)
-    for name in args.maps:
-        atomic_write_image(targets[name], prediction.maps[name], overwrite=args.overwrite)
+    images = {"segmentation": prediction.segmentation, **prediction.maps}
     if args.probabilities:
-        atomic_write_image(targets["probabilities"], prediction.probabilities, overwrite=args.overwrite)
-    if args.save_heads:
-        save_bundle(prediction, targets["heads"], overwrite=args.overwrite)
+        images["probabilities"] = prediction.probabilities
     report = prediction.to_report()
     report["case"] = case
     report["bundle"] = str(targets["heads"]) if args.save_heads else None
     report["report"] = str(report_path)
     report["outputs"] = {name: str(target) for name, target in targets.items()}
     report["timings"]["read"] = round(read_seconds, 4)
-    report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
-    atomic_write_json(report_path, report, overwrite=args.overwrite)
+    # all files of the case are written, read back and renamed together, the report last
+    outputs = [
+        (target, bundle_output(prediction) if name == "heads" else image_output(images[name]))
+        for name, target in targets.items()
+    ]
+    outputs.append((report_path, _ReportOutput(report, write_start)))
+    write_outputs(outputs, overwrite=args.overwrite)
+    remove_stale(previous, targets.values())
     return report
+
+
+class _ReportOutput(Output):
+    """The report, serialised when it is written so that its write time covers the images."""
+
+    def __init__(self, report: dict, write_start: float) -> None:
+        def write(path: Path) -> None:
+            report["timings"]["write"] = round(time.perf_counter() - write_start, 4)
+            self._json = json_output(report)
+            self._json.write(path)
+
+        super().__init__(write, lambda path: self._json.verify(path))
 
 
 def _summary_row(case: str, path: Path, report: dict) -> dict[str, Any]:

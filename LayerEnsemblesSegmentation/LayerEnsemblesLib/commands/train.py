@@ -198,7 +198,7 @@ def config_from_args(args: argparse.Namespace):
         normalization=args.normalization,
         ct_window=args.ct_window,
         patch_size=args.patch_size or [],
-        epochs=args.epochs or 50,
+        epochs=50 if args.epochs is None else args.epochs,  # 0 is refused by validate, not defaulted
         batch_size=args.batch_size,
         iterations_per_epoch=args.iterations,
         lr=args.lr,

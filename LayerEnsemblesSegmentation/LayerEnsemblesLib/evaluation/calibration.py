@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..quality import QualityMap
 from .archive import rewrite_metadata
 
-DEFAULT_SCORE = "aula_norm_union"
+DECISION_SCORE = "aula_norm_union"  # the default decision score; a model may name another (decision_score)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Calibration:
     good_cases: int
     flagged_cases: int
     dropped_cases: int  # cases without a finite score or Dice
-    score: str = DEFAULT_SCORE
+    score: str = DECISION_SCORE
 
     def summary(self) -> str:
         return (
@@ -63,14 +63,19 @@ def flag_rates(scores, dice, threshold: float, target_dice: float) -> tuple[floa
     return sensitivity, specificity, int(flagged.sum())
 
 
-def choose_threshold(
-    scores, dice, target_dice: float, sensitivity: float, score: str = DEFAULT_SCORE
-) -> Calibration:
-    """The smallest threshold on ``scores`` (high = confident, in [0, 1]) reaching ``sensitivity``."""
+def check_targets(target_dice: float, sensitivity: float) -> None:
+    """Both in (0, 1]; called before any case is run, so a typo costs no evaluation."""
     if not 0 < sensitivity <= 1:
         raise InputError(f"--sensitivity {sensitivity}: must be in (0, 1]")
     if not 0 < target_dice <= 1:
         raise InputError(f"--target-dice {target_dice}: must be in (0, 1]")
+
+
+def choose_threshold(
+    scores, dice, target_dice: float, sensitivity: float, score: str = DECISION_SCORE
+) -> Calibration:
+    """The smallest threshold on ``scores`` (high = confident, in [0, 1]) reaching ``sensitivity``."""
+    check_targets(target_dice, sensitivity)
     scores = np.asarray(scores, float)
     dice = np.asarray(dice, float)
     if scores.shape != dice.shape:

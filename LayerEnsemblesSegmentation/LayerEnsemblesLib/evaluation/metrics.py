@@ -8,7 +8,8 @@ Definitions (the paper's, see ``docs/method.md``; distances in millimetres, with
   the two mean nearest-neighbour distances between the foreground *voxel sets*,
   ``max(mean_{a∈A} d(a, B), mean_{b∈B} d(b, A))``; a voxel inside the other set contributes 0.
 - **HD95**, the modern companion, on *surfaces* (foreground voxels with a face neighbour in the
-  background): the larger of the two directed 95th percentiles of surface-to-surface distances, as
+  background, the outside of the image counting as background): the larger of the two directed 95th
+  percentiles of surface-to-surface distances, as
   MONAI's ``compute_hausdorff_distance(percentile=95)`` defines it.
 - **NLL** of the reference labels under the ensemble's mean softmax, averaged over all voxels of the
   image; probabilities are clipped at :data:`NLL_EPSILON` so a confident mistake costs a finite
@@ -20,6 +21,7 @@ the image spacing); outside a set its value is the distance to the nearest voxel
 Empty masks, documented because a failed segmentation is often empty:
 
 - both empty (the structure is absent and the model agrees): Dice 1, HD95 0, MHD 0;
+- a mask that fills the whole image has its outer layer of voxels as surface (no special case);
 - exactly one empty: Dice 0, and HD95 = MHD = the physical diagonal of the image, the largest distance
   the field of view allows. A finite worst case keeps every case in the paired tests and the rank
   correlations (dropping failures would flatter the method); the ``empty_*`` columns flag such cases.
@@ -34,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..grids import check_same_grid  # noqa: F401 - the evaluation's grid check is the shared one
 
 NLL_EPSILON = 1e-7
 HD_PERCENTILE = 95.0
@@ -72,11 +75,20 @@ def distance_to_set(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Foreground voxels with a face neighbour in the background (the set's boundary voxels)."""
+    """Foreground voxels with a face neighbour in the background (the set's boundary voxels).
+
+    The mask is padded with background first: outside the image is not foreground, so a structure
+    touching the border has a surface there (as MONAI's ``get_mask_edges`` sees it), and a mask that
+    fills the whole image has its outer layer as surface instead of none. Face (not 26-) connectivity
+    keeps the surface one voxel thin, as MONAI's erosion with the cross-shaped structuring element does.
+    """
+    mask = np.asarray(mask, bool)
+    padded = np.pad(mask, 1, constant_values=False)
     contour = sitk.BinaryContour(
-        _as_image(mask, (1.0,) * mask.ndim), fullyConnected=False, backgroundValue=0, foregroundValue=1
+        _as_image(padded, (1.0,) * mask.ndim), fullyConnected=False, backgroundValue=0, foregroundValue=1
     )
-    return sitk.GetArrayFromImage(contour).astype(bool)
+    inner = tuple(slice(1, -1) for _ in range(mask.ndim))
+    return sitk.GetArrayFromImage(contour).astype(bool)[inner]
 
 
 def diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
@@ -147,19 +159,6 @@ def labels_to_indices(label: np.ndarray, class_values: Sequence[int], source: st
     for value, index in lookup.items():
         indices[label == value] = index
     return indices
-
-
-def check_same_grid(image: sitk.Image, label: sitk.Image, source: str) -> None:
-    """Metrics compare voxel by voxel, so the label must share the image's grid."""
-    if image.GetSize() != label.GetSize():
-        raise InputError(
-            f"{source}: label size {label.GetSize()} differs from the image size {image.GetSize()}"
-        )
-    if not np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=1e-3, atol=1e-4):
-        raise InputError(
-            f"{source}: label spacing {label.GetSpacing()} differs from the image spacing "
-            f"{image.GetSpacing()}"
-        )
 
 
 def segmentation_metrics(

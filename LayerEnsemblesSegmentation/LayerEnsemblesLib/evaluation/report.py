@@ -9,7 +9,6 @@ against the layer ensemble), Table 2 (Spearman ρ of each image-level score with
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_json_object
 from . import failure_detection, plots, qc, report_failure, scores, stats
 from .document import Document
 from .document import number_text as _number
 from .document import p_text as _p
 from .document import to_float as _float
-from .runner import CASES_FILE, CLEAN, COST_FILE, HEADS_FILE, RUN_FILE, read_csv
+from .runner import CASES_FILE, CLEAN, COST_FILE, HEADS_FILE, RUN_FILE
+from .tables import read_csv
 
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 FIGURE_QC, FIGURE_QC_MAIN, FIGURE_HEADS, FIGURE_SCATTER = (
@@ -35,6 +35,8 @@ FIGURE_QC, FIGURE_QC_MAIN, FIGURE_HEADS, FIGURE_SCATTER = (
     "fig3_heads.png",
     "scores_vs_dice.png",
 )
+REPORT_COLUMNS = ("method", "case", "condition")  # what every table groups by
+HEAD_REPORT_COLUMNS = ("method", "condition", "skip_heads")
 FIGURE_SCORES = ("aula_norm_union", "entropy_sum", "mutual_information_sum", "variance_sum")
 MAIN_SCORE = {
     "layer_ensemble": "aula_norm_union",
@@ -110,16 +112,17 @@ class EvaluationData:
 
 def load(folder: str | Path) -> EvaluationData:
     folder = Path(folder)
-    rows = read_csv(folder / CASES_FILE) if (folder / CASES_FILE).is_file() else None
-    if rows is None:
+    if not (folder / CASES_FILE).is_file():
         raise InputError(f"{folder}: no {CASES_FILE}; run `layer-ensembles evaluate` first")
+    rows = read_csv(folder / CASES_FILE, required=REPORT_COLUMNS)
     if not rows:
         raise InputError(f"{folder / CASES_FILE}: holds no cases")
-    head_rows = read_csv(folder / HEADS_FILE) if (folder / HEADS_FILE).is_file() else []
-    cost = (
-        json.loads((folder / COST_FILE).read_text(encoding="utf-8")) if (folder / COST_FILE).is_file() else {}
-    )
-    run = json.loads((folder / RUN_FILE).read_text(encoding="utf-8")) if (folder / RUN_FILE).is_file() else {}
+    heads = folder / HEADS_FILE
+    head_rows = read_csv(heads, required=HEAD_REPORT_COLUMNS) if heads.is_file() else []
+    cost = read_json_object(folder / COST_FILE, "") if (folder / COST_FILE).is_file() else {}
+    run = read_json_object(folder / RUN_FILE, "") if (folder / RUN_FILE).is_file() else {}
+    if not isinstance(run.get("methods", []), list) or not isinstance(run.get("classes", []), list):
+        raise InputError(f"{folder / RUN_FILE}: 'methods' and 'classes' must be lists")
     order = [m["name"] for m in run.get("methods", [])]
     methods = [m for m in order if any(r["method"] == m for r in rows)]
     methods += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in methods]

@@ -15,7 +15,9 @@ and ``resume`` continues where it stopped.
 from __future__ import annotations
 
 import csv
+import functools
 import io
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,9 +31,11 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..contract import ModelMetadata, read_metadata
-from ..errors import InputError
-from ..fileio import atomic_write_json, atomic_write_text, read_image
+from ..errors import InputError, first_line
+from ..fileio import atomic_write_json, atomic_write_text, file_sha256, read_image
+from ..grids import check_same_grid
 from . import cost, metrics, scores, shifts
+from .tables import read_csv
 
 CASES_FILE = "cases.csv"
 HEADS_FILE = "heads.csv"
@@ -47,6 +51,11 @@ class Method:
     name: str
     path: Path
     metadata: ModelMetadata
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The model file's identity, recorded in the run file so a resume cannot mix two models."""
+        return file_sha256(self.path)
 
     @property
     def has_aula(self) -> bool:
@@ -231,33 +240,6 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows with numbers as floats (empty cells as NaN) and the key columns as text."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: not found")
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    text_columns = {"method", "kind", "case", "condition", "shift", "device"}
-    parsed = []
-    for row in rows:
-        values = scores.add_class_mean({k: (v if k in text_columns else _number(v)) for k, v in row.items()})
-        for key in ("severity", "skip_heads", "kept_heads"):  # integers, so a resumed file stays uniform
-            if isinstance(values.get(key), float) and math.isfinite(values[key]):
-                values[key] = int(values[key])
-        parsed.append(values)
-    return parsed
-
-
-def _number(text: str) -> float | str:
-    if text == "" or text is None:
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 # ------------------------------------------------------------------------------------------ the run
 
 
@@ -296,8 +278,11 @@ def run_evaluation(
         )
     if not cases:
         raise InputError(f"{dataset or out}: no cases to evaluate")
+    if resume and cases_path.exists():
+        check_resume_models(out / RUN_FILE, methods)
     rows = read_csv(cases_path) if resume and cases_path.exists() else []
     head_rows = read_csv(heads_path) if resume and heads_path.exists() else []
+    rows = [r for r in rows if not is_failed_row(r)]  # a failed case is tried again on resume
     done = {(r["method"], r["case"], r["condition"]) for r in rows}
     # a head curve belongs to a finished row; any other was written by a run cut short: redo it
     head_rows = [r for r in head_rows if (r["method"], r["case"], r["condition"]) in done]
@@ -314,6 +299,7 @@ def run_evaluation(
                 {
                     "name": m.name,
                     "path": str(m.path),
+                    "sha256": m.sha256,
                     "kind": m.metadata.kind,
                     "model_name": m.metadata.name,
                     "heads": m.metadata.num_heads,
@@ -344,6 +330,8 @@ def run_evaluation(
         for case_rows, case_head_rows in evaluate_cases(methods, cases, conditions, settings, done, bar):
             rows.extend(case_rows)
             head_rows.extend(case_head_rows)
+            for row in filter(is_failed_row, case_rows):
+                log(f"error: {row['case']} ({row['method']}, {row['condition']}): {row['error']}")
             write_csv(cases_path, rows, KEY_COLUMNS)
             if head_rows:
                 write_csv(heads_path, head_rows, KEY_COLUMNS + ("skip_heads", "kept_heads"))
@@ -352,6 +340,40 @@ def run_evaluation(
             bar.close()
     write_cost(methods, cases[0], settings, out, log)
     return out
+
+
+def check_resume_models(run_file: Path, methods: Sequence[Method]) -> None:
+    """Refuse to resume with a model file other than the one that wrote the method's rows.
+
+    The rows are keyed by method name; another model under the same name would mix two models'
+    results in one report. The run file records each model's SHA-256.
+    """
+    try:
+        recorded = {m["name"]: m.get("sha256") for m in json.loads(run_file.read_text("utf-8"))["methods"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(
+            f"{run_file}: unreadable or damaged ({type(error).__name__}); cannot check which models wrote "
+            "the rows to resume: use --overwrite to start again"
+        ) from None
+    for method in methods:
+        if method.name not in recorded:
+            continue  # a method new to this run: nothing of it to mix
+        if recorded[method.name] is None:
+            raise InputError(
+                f"{run_file}: records no checksum for method {method.name!r} (written by an older version); "
+                "cannot check that --resume uses the same model: use --overwrite"
+            )
+        if recorded[method.name] != method.sha256:
+            raise InputError(
+                f"{method.path}: differs from the model that wrote the rows of method {method.name!r} "
+                f"(SHA-256 {method.sha256[:12]}... vs {recorded[method.name][:12]}...); resume with that "
+                "model, give this one another name, or use --overwrite"
+            )
+
+
+def is_failed_row(row: dict[str, Any]) -> bool:
+    error = row.get("error")
+    return isinstance(error, str) and error != ""
 
 
 def evaluate_cases(
@@ -371,48 +393,82 @@ def evaluate_cases(
     class_values = [c.value for c in classes]
     predictors = {m.name: Predictor(m.path, device=settings.device) for m in methods}
     for case in cases:
-        image, label_image = read_image(case.image), read_image(case.label)
-        metrics.check_same_grid(image, label_image, str(case.label))
-        label = sitk.GetArrayFromImage(label_image).astype(np.int64)
-        label_indices = metrics.labels_to_indices(label, class_values, str(case.label))
+        try:
+            image, label_image = read_image(case.image), read_image(case.label)
+            check_same_grid(image, label_image, str(case.label), what="label")
+            label = sitk.GetArrayFromImage(label_image).astype(np.int64)
+            label_indices = metrics.labels_to_indices(label, class_values, str(case.label))
+        except Exception as error:  # noqa: BLE001 - a broken case is a row, the others still run
+            failure = _failure_text(error)
+            rows = [
+                _failed_row(method, case, condition, failure)
+                for condition in conditions
+                for method in methods
+                if (method.name, case.case_id, condition.name) not in done
+            ]
+            if bar is not None:
+                bar.update(len(conditions))
+            yield rows, []
+            continue
         spacing = image.GetSpacing()
         rows: list[dict[str, Any]] = []
         head_rows: list[dict[str, Any]] = []
         for condition in conditions:
             pending = [m for m in methods if (m.name, case.case_id, condition.name) not in done]
-            shifted = image
-            if pending and condition.shift != "none":
-                shifted = shifts.apply_shift(
-                    image, condition.shift, condition.severity, settings.seed, case.case_id
-                )
+            shifted = None
             for method in pending:
-                start = time.perf_counter()
-                prediction = predictors[method.name].predict(shifted, maps=MAPS, source=str(case.image))
-                seconds = time.perf_counter() - start
-                key = {
-                    "method": method.name,
-                    "kind": method.metadata.kind,
-                    "case": case.case_id,
-                    "condition": condition.name,
-                    "shift": condition.shift,
-                    "severity": condition.severity,
-                }
-                values = evaluate_prediction(
-                    method, prediction, label, label_indices, spacing, foreground, with_distances
-                )
-                if settings.pair_curves and method.has_aula:
-                    values.update(exploration_columns(prediction, foreground))
-                rows.append({**key, **values, "time_s": seconds, "device": prediction.device})
-                if settings.head_curve and method.has_head_curve:
-                    head_rows.extend(
-                        {**key, **curve_row}
-                        for curve_row in head_curve(
-                            method, prediction, label, label_indices, spacing, foreground
-                        )
+                try:
+                    shifted = shifted or _shifted(image, condition, settings, case)
+                    start = time.perf_counter()
+                    prediction = predictors[method.name].predict(shifted, maps=MAPS, source=str(case.image))
+                    seconds = time.perf_counter() - start
+                    values = evaluate_prediction(
+                        method, prediction, label, label_indices, spacing, foreground, with_distances
                     )
+                    if settings.pair_curves and method.has_aula:
+                        values.update(exploration_columns(prediction, foreground))
+                    curve = (
+                        head_curve(method, prediction, label, label_indices, spacing, foreground)
+                        if settings.head_curve and method.has_head_curve
+                        else []
+                    )
+                except Exception as error:  # noqa: BLE001 - one failure is a row, not an abort
+                    rows.append(_failed_row(method, case, condition, _failure_text(error)))
+                    continue
+                key = _row_key(method, case, condition)
+                rows.append({**key, **values, "time_s": seconds, "device": prediction.device, "error": ""})
+                head_rows.extend({**key, **curve_row} for curve_row in curve)
             if bar is not None:
                 bar.update(1)
         yield rows, head_rows
+
+
+def _shifted(image: sitk.Image, condition: Condition, settings: EvaluationSettings, case: Case) -> sitk.Image:
+    if condition.shift == "none":
+        return image
+    return shifts.apply_shift(image, condition.shift, condition.severity, settings.seed, case.case_id)
+
+
+def _row_key(method: Method, case: Case, condition: Condition) -> dict[str, Any]:
+    return {
+        "method": method.name,
+        "kind": method.metadata.kind,
+        "case": case.case_id,
+        "condition": condition.name,
+        "shift": condition.shift,
+        "severity": condition.severity,
+    }
+
+
+def _failed_row(method: Method, case: Case, condition: Condition, error: str) -> dict[str, Any]:
+    """A case that could not be evaluated: its key and the reason, no metric (NaN in every statistic)."""
+    return {**_row_key(method, case, condition), "error": error}
+
+
+def _failure_text(error: BaseException) -> str:
+    if isinstance(error, InputError):
+        return first_line(error, 300)
+    return f"{type(error).__name__}: {first_line(error, 300)}"
 
 
 def write_cost(

@@ -30,7 +30,7 @@ import torch
 from ..contract import ModelMetadata
 from ..devices import resolve_device
 from ..errors import InputError, first_line
-from ..fileio import atomic_write_with
+from ..fileio import Output, write_outputs, zip_output
 from ..preprocessing import NetworkGeometry
 from .reduction import HeadStream
 from .results import (
@@ -50,6 +50,11 @@ LOGIT_DTYPES = {"float32": torch.float32, "float64": torch.float64}  # what the 
 
 def save_bundle(prediction: Prediction, path: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``prediction``'s head outputs and everything needed to recombine them; returns the path."""
+    return write_outputs([(Path(path), bundle_output(prediction))], overwrite)[0]
+
+
+def bundle_output(prediction: Prediction) -> Output:
+    """The bundle as an output to write with a case's other files (all of them or none)."""
     session = prediction.session
     stream = session.stream
     logits = [_compact(t.detach().cpu()) for t in stream.logits]
@@ -93,7 +98,7 @@ def save_bundle(prediction: Prediction, path: str | Path, *, overwrite: bool = F
         ) as handle:  # a file object: records are named archive/..., not by the temp name
             torch.save(payload, handle)
 
-    return atomic_write_with(path, write, overwrite)
+    return zip_output(write)
 
 
 def load_bundle(

@@ -30,9 +30,15 @@ from ..contract import ModelMetadata, load_model
 from ..devices import device_report, is_out_of_memory, release_cached_memory, resolve_device
 from ..errors import InputError
 from ..preprocessing import network_divisor, to_network_space
-from ..uncertainty import UNION
+from .guards import (
+    array_as_image,
+    check_float32_values,
+    check_geometry,
+    check_network_size,
+    check_window,
+)
 from .identity import model_sha256
-from .reduction import MAX_KEPT_HEADS, HeadStream, reduction_bytes_per_voxel
+from .reduction import HeadStream, reduction_bytes_per_voxel
 from .results import (
     InferenceSession,
     Prediction,
@@ -66,21 +72,24 @@ class Predictor:
         memory_budget_gb: float | None = None,
         mixed_precision: bool = False,
         head_precision: str = "float32",
+        allow_large: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
         self.module, self._metadata = load_model(self.model_path, self.device)
-        validate_for_inference(self._metadata, str(self.model_path))
         self.model_identity = {"sha256": model_sha256(self.model_path)}  # names the model in result bundles
         if window_size is not None and (len(window_size) != 3 or min(int(w) for w in window_size) < 1):
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
+        if window_size is not None:
+            check_window(window_size, network_divisor(self._metadata), f"{self.model_path.name}")
         if not 0.0 <= overlap < 1.0:
             raise InputError(f"overlap {overlap}: must be in [0, 1)")
-        if memory_budget_gb is not None and memory_budget_gb <= 0:
-            raise InputError(f"memory budget {memory_budget_gb} GB: must be positive")
+        if memory_budget_gb is not None and not (math.isfinite(memory_budget_gb) and memory_budget_gb > 0):
+            raise InputError(f"memory budget {memory_budget_gb} GB: must be a positive number")
         if head_precision not in HEAD_PRECISIONS:
             raise InputError(f"head precision {head_precision!r}: choose from {', '.join(HEAD_PRECISIONS)}")
         self.head_precision = head_precision
+        self.allow_large = bool(allow_large)
         self.window_size = tuple(int(w) for w in window_size) if window_size is not None else None
         self.overlap = float(overlap)
         self.memory_budget_gb = memory_budget_gb
@@ -137,14 +146,19 @@ class Predictor:
         wanted_maps = resolve_maps(maps)
         threshold_value, threshold_source = resolve_threshold(threshold, metadata, str(self.model_path))
         report = progress or (lambda fraction, message: None)
+        notes: list[str] = [] if isinstance(image, sitk.Image) else [array_geometry_note(source, spacing)]
         image = as_image(image, spacing, source)
         check_fits_model(image, metadata, source, str(self.model_path))
+        check_geometry(image, source)
+        check_float32_values(image, source)
+        if not self.allow_large:
+            per_voxel = self._accumulator_bytes((1,)) + 8 * metadata.in_channels  # + input and padded copy
+            check_network_size(image, metadata.target_spacing, per_voxel, self.memory_budget_gb, source)
         report(0.0, "preprocessing")
         array, geometry = to_network_space(image, metadata, source)
         timings = {"preprocess": time.perf_counter() - start}
 
         forward_start = time.perf_counter()
-        notes: list[str] = []
         logits, plan, device = self._forward_with_fallback(array, source, notes, report, cancel)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -399,29 +413,17 @@ class Predictor:
         return float(value)
 
 
-def validate_for_inference(metadata: ModelMetadata, source: str) -> None:
-    """Checks beyond the contract's own validation that the engine relies on."""
-    problems = []
-    if max(c.value for c in metadata.classes) > 255 or min(c.value for c in metadata.classes) < 0:
-        problems.append("class values must be in 0..255 (segmentations are written as UInt8)")
-    if any(c.name == UNION and c.value != 0 for c in metadata.classes):
-        problems.append(f"a foreground class may not be named {UNION!r} (reserved for the union of classes)")
-    divisor = metadata.size_divisor
-    if any(d % s for s in metadata.head_strides for d in divisor):
-        problems.append(f"head strides {metadata.head_strides} must divide the size divisor {divisor}")
-    if metadata.kind in ("deep_ensemble", "mc_dropout") and any(s != 1 for s in metadata.head_strides):
-        problems.append(f"a {metadata.kind} model's outputs must all have stride 1")
-    if metadata.kind == "mc_dropout" and (metadata.num_heads != 1 or metadata.samples < 1):
-        problems.append("an mc_dropout model has one output and samples >= 1")
-    if metadata.kind == "deep_ensemble" and metadata.members not in (1, metadata.num_heads):
-        problems.append(
-            f"members ({metadata.members}) must equal the number of outputs ({metadata.num_heads})"
-        )
-    members = metadata.samples if metadata.kind == "mc_dropout" else metadata.num_heads
-    if members > MAX_KEPT_HEADS:
-        problems.append(f"at most {MAX_KEPT_HEADS} ensemble members are supported")
-    if problems:
-        raise InputError(f"{source}: cannot run this model: {'; '.join(problems)}")
+def array_geometry_note(source: str, spacing: Sequence[float] | None) -> str:
+    """The report's warning for an array input: it has no direction or origin, and maybe no spacing.
+
+    The model reorients its input to its own orientation, so the identity direction assumed for an
+    array can give another segmentation and decision than the file the array was read from.
+    """
+    assumed = "identity direction (LPS axes) and origin 0" + (", 1 mm spacing" if spacing is None else "")
+    return (
+        f"{source}: a numpy array carries no orientation; {assumed} assumed, which may give another "
+        "decision than the image file: pass a SimpleITK image with the scan's geometry"
+    )
 
 
 def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, source: str) -> sitk.Image:
@@ -430,17 +432,7 @@ def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, so
         if spacing is not None:
             raise InputError(f"{source}: spacing applies to numpy arrays; a SimpleITK image carries its own")
         return image
-    array = np.asarray(image)
-    if array.ndim not in (3, 4):
-        raise InputError(
-            f"{source}: an array of shape {array.shape}; expected (z, y, x) or (z, y, x, channels)"
-        )
-    result = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
-    spacing = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise InputError(f"{source}: spacing {spacing} must be three positive numbers (x, y, z in mm)")
-    result.SetSpacing(spacing)
-    return result
+    return array_as_image(image, spacing, source)
 
 
 def check_fits_model(image: sitk.Image, metadata: ModelMetadata, source: str, model: str) -> None:

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import Cancelled
+from ..metadata_schema import MAX_ENSEMBLE_MEMBERS
 from ..networks import in_plane_elements, upsample_logits_into
 from ..uncertainty import entropy
 
 FIXED_POINT_SCALE = float(1 << 24)
-MAX_KEPT_HEADS = 127  # 127 * 2**24 < 2**31 keeps int32 sums exact; uint8 agreement counts fit too
+MAX_KEPT_HEADS = MAX_ENSEMBLE_MEMBERS  # 127 * 2**24 < 2**31 keeps int32 sums exact; uint8 counts fit too
 MAP_NAMES = ("agreement", "entropy", "mutual_information", "variance")
 
 

@@ -8,6 +8,7 @@ exactly what was done and ``export`` can rebuild the network and the preprocessi
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +82,14 @@ class TrainConfig:
         return config
 
     def validate(self, source: str = "config") -> None:
-        problems = []
+        """Check every value by type first (a config.json may hold anything), then by range.
+
+        NaN and infinity are refused everywhere: ``nan <= 0`` is False, so a range check alone would let
+        ``lr=nan`` through to train a network of NaNs.
+        """
+        problems = _type_problems(self)
+        if problems:
+            raise InputError(f"{source}: invalid training configuration: {'; '.join(problems)}")
         if not self.out:
             problems.append("an output folder (out) is required")
         if bool(self.dataset) == bool(self.images or self.labels):
@@ -129,6 +137,23 @@ class TrainConfig:
             problems.append("iterations_per_epoch must be at least 1")
         if self.lr <= 0:
             problems.append("lr must be positive")
+        if self.weight_decay < 0:
+            problems.append("weight_decay must be at least 0")
+        if self.grad_clip <= 0:
+            problems.append("grad_clip must be positive")
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            problems.append("percentiles must be [low, high] with 0 <= low < high <= 100")
+        if self.depth >= 2:
+            from ..losses import resolve_head_weights
+
+            try:
+                resolve_head_weights(self.head_weights, self.num_heads)
+            except InputError as error:
+                problems.append(str(error))
+        if self.threads is not None and self.threads < 1:
+            problems.append("threads must be at least 1")
+        if self.max_channels < self.base_channels:
+            problems.append("max_channels must be at least base_channels")
         if not 0 <= self.validation_fraction < 1:
             problems.append("validation_fraction must be in [0, 1)")
         if not 0 <= self.foreground_probability <= 1:
@@ -147,3 +172,42 @@ class TrainConfig:
     @property
     def size_divisor(self) -> int:
         return 2 ** (self.depth - 1)
+
+
+def _type_problems(config: TrainConfig) -> list[str]:
+    """Fields whose value does not have the declared type (or is a non-finite number)."""
+    problems = []
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        annotation = str(item.type)
+        if not any(_matches(value, kind.strip()) for kind in annotation.split("|")):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            wanted = " or ".join(_describe(kind.strip()) for kind in annotation.split("|"))
+            problems.append(f"{item.name} must be {wanted} (got {shown})")
+    return problems
+
+
+_KIND_WORDS = {"None": "null", "bool": "true or false", "int": "an integer", "float": "a finite number",
+               "str": "text"}  # fmt: skip
+
+
+def _describe(kind: str) -> str:
+    if kind.startswith("list["):
+        return f"a list of {_describe(kind[5:-1]).removeprefix('an ').removeprefix('a ')}s"
+    return _KIND_WORDS.get(kind, kind)
+
+
+def _matches(value: Any, kind: str) -> bool:
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind.startswith("list[") and kind.endswith("]"):
+        return isinstance(value, list) and all(_matches(v, kind[5:-1]) for v in value)
+    raise TypeError(f"unhandled annotation {kind!r}")  # a new field type: extend this check

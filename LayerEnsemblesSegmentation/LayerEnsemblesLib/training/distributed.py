@@ -87,6 +87,19 @@ def mean_over_ranks(value: torch.Tensor, context: DistributedContext) -> torch.T
     return value / context.world_size
 
 
+def any_rank(flag: bool, context: DistributedContext) -> bool:
+    """True on every rank when ``flag`` is True on any rank.
+
+    A rank that stops on its own (a diverging loss) would leave the others blocked in the next
+    all-reduce until the collective timeout; deciding together lets every rank stop with the same error.
+    """
+    if not context.distributed:
+        return flag
+    value = torch.tensor(1.0 if flag else 0.0, device=context.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def broadcast_object(value, context: DistributedContext):
     """Send rank 0's ``value`` to every rank (e.g. whether to stop, or an error to raise everywhere)."""
     if not context.distributed:

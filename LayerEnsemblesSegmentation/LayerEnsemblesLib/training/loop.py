@@ -15,6 +15,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from . import distributed
 from .checkpointing import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from .config import TrainConfig
 from .export import CONFIG_FILE, build_metadata, build_network, export_run, read_run_config
+from .rundir import ReplacedRun, check_metrics_log, read_split, run_guarded
 from .validation import validate
 
 RUN_FILES = (CONFIG_FILE, "split.json", "log.txt", "metrics.jsonl", "best.pt", "last.pt", "model.pt")
@@ -80,13 +82,15 @@ def train(config: TrainConfig | dict, overwrite: bool = False, progress: bool = 
                 f"{run_dir}: already holds a training run ({', '.join(existing)}); "
                 "use --resume to continue it or --overwrite to replace it"
             )
-        distributed.barrier(context)  # every rank has looked before rank 0 deletes anything
+        # the old run is moved aside, not deleted, and comes back if the new one fails before it starts
+        replaced = ReplacedRun(run_dir, existing if context.is_main else [])
+        distributed.barrier(context)  # every rank has looked before rank 0 moves anything
         if context.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            for name in existing:
-                (run_dir / name).unlink()
+            replaced.move_aside()
         distributed.barrier(context)
-        return _run(config, context, None, progress)
+        new_run = lambda: _run(config, context, None, progress, replaced.discard)  # noqa: E731
+        return run_guarded(replaced, RUN_FILES, new_run)
     finally:
         distributed.cleanup(context)
 
@@ -107,6 +111,9 @@ def resume(
     }
     config = dataclasses.replace(config, out=str(run_dir), **overrides)
     config.validate()
+    # damaged bookkeeping is refused before anything in the folder changes
+    read_split(run_dir)
+    check_metrics_log(run_dir)
     context = distributed.setup(config.device)
     try:
         state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
@@ -146,7 +153,11 @@ def _automatic_patch_size(cases, spatial_dims: int, divisor: int) -> list[int]:
 
 
 def _run(
-    config: TrainConfig, context: distributed.DistributedContext, state: dict | None, progress: bool
+    config: TrainConfig,
+    context: distributed.DistributedContext,
+    state: dict | None,
+    progress: bool,
+    started: Callable[[], None] = lambda: None,
 ) -> Path:
     run_dir = Path(config.out)
     log = RunLog(run_dir / "log.txt" if context.is_main else None, echo=progress)
@@ -162,7 +173,7 @@ def _run(
     if state is None:
         split = make_split([c.case_id for c in cases], config.validation_fraction, split_seed)
     else:
-        split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+        split = read_split(run_dir)
     by_id = {c.case_id: c for c in cases}
     missing = [i for i in split["train"] + split["validation"] if i not in by_id]
     if missing:
@@ -205,6 +216,7 @@ def _run(
     if context.is_main:
         atomic_write_json(run_dir / CONFIG_FILE, {"config": config.to_dict(), "data": data}, overwrite=True)
         atomic_write_json(run_dir / "split.json", split, overwrite=True)
+    started()  # everything is checked and preprocessed: the new run replaces the old one from here
     return _optimise(config, context, state, progress, log, train_cases, validation_cases, data)
 
 
@@ -302,10 +314,14 @@ def _optimise(
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(image)
             loss, per_head = loss_function(outputs, label)
-            if not torch.isfinite(loss):
+            diverged_here = not bool(torch.isfinite(loss.detach()))
+            if distributed.any_rank(diverged_here, context):  # every rank stops, none waits for the others
+                where = (
+                    f"loss {float(loss.detach())}" if diverged_here else "a non-finite loss on another rank"
+                )
                 raise InputError(
-                    f"{run_dir}: training diverged (loss {float(loss)}) at epoch {epoch + 1}, "
-                    f"step {step + 1}; try a lower --lr"
+                    f"{run_dir}: training diverged ({where}) at epoch {epoch + 1}, step {step + 1}; "
+                    "try a lower --lr"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -423,9 +439,5 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     """On resume, drop records of epochs after the checkpoint (they will be trained again)."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and json.loads(line)["epoch"] <= last_epoch
-    ]
+    kept = [json.dumps(record) for record in check_metrics_log(path.parent) if record["epoch"] <= last_epoch]
     atomic_write_text(path, "".join(line + "\n" for line in kept), overwrite=True)

@@ -1,14 +1,14 @@
 """Validation during training: every head's Dice and the layer ensemble's Dice on held-out cases.
 
 The ensemble is the mean softmax over the kept heads (all but the first ``skip_heads``), the same
-rule the inference engine applies. Dice is computed per foreground class on the unpadded
-network-space grid, averaged over cases, then over classes; a class absent from both the
-reference and the prediction scores 1 (nothing to find, nothing found).
+rule the inference engine applies, on the engine's own sliding windows. Dice (the evaluation's one
+implementation) is computed per foreground class on the unpadded network-space grid, averaged over
+cases, then over classes; a class absent from both the reference and the prediction scores 1
+(nothing to find, nothing found).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -18,17 +18,13 @@ import torch
 from torch import nn
 
 from ..data import PreparedCase
+from ..evaluation.metrics import dice
+from ..inference.sliding_window import plan_windows, run_windows
 from ..networks import upsample_logits
 
-WHOLE_VOLUME_FACTOR = 4  # volumes up to this many patches are run in one pass instead of tiles
 MAX_VALIDATION_VALUES = 300_000_000  # per-head probabilities held at once (1.2 GB of float32)
-
-
-def _window_starts(size: int, window: int) -> list[int]:
-    if size <= window:
-        return [0]
-    count = math.ceil((size - window) / (window / 2)) + 1  # half-window overlap
-    return sorted({round(i * (size - window) / (count - 1)) for i in range(count)})
+VALIDATION_OVERLAP = 0.5  # the engine's default overlap (Predictor, `segment --overlap`)
+SLICE_BATCH = 16  # 2D models: axial slices per forward pass, as the engine's default
 
 
 @torch.no_grad()
@@ -39,49 +35,43 @@ def predict_head_probabilities(
     patch_size: Sequence[int],
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
-    slice_batch: int = 16,
+    slice_batch: int = SLICE_BATCH,
 ) -> torch.Tensor:
     """Softmax of every head at full resolution for one network-space volume: [H, K, z, y, x] on the CPU.
 
-    3D volumes up to a few patches run whole; larger ones are tiled with half-window overlap and
-    averaged. A 2D model runs on batches of axial slices. Fine for validation-sized volumes; the
-    inference engine streams over heads for large ones.
+    The windows are the inference engine's own (:func:`plan_windows` and :func:`run_windows`: starts on
+    the size divisor, Gaussian-weighted blending of logits at each head's native resolution, then the
+    contract's single upsampling), so the checkpoint chosen by validation Dice is chosen by the rule
+    that is deployed. ``model`` must expose ``head_strides`` and ``size_divisor`` (the training network).
     """
-    volume = torch.from_numpy(image)
-    if spatial_dims == 2:
-        inputs = volume.permute(1, 0, 2, 3)  # slices as the batch: [z, C, y, x]
-        window = list(patch_size)
-        chunks = [inputs[i : i + slice_batch] for i in range(0, len(inputs), slice_batch)]
-    else:
-        inputs = volume[None]
-        window = list(patch_size)
-        chunks = [inputs]
-    spatial = list(inputs.shape[2:])
-    if math.prod(spatial) <= WHOLE_VOLUME_FACTOR * math.prod(window):
-        window = spatial
-    window = [min(w, s) for w, s in zip(window, spatial, strict=False)]
-    starts = [_window_starts(s, w) for s, w in zip(spatial, window, strict=False)]
-    outputs = []
+    strides = [int(s) for s in model.head_strides]
+    divisor = int(model.size_divisor)
+    slicewise = spatial_dims == 2
+    volume = torch.from_numpy(np.ascontiguousarray(image)).to(device)  # [C, z, y, x]
+    shape = tuple(int(s) for s in volume.shape[1:])
+    window = (slice_batch, *patch_size) if slicewise else tuple(patch_size)
+    divisors = (1, divisor, divisor) if slicewise else (divisor,) * 3
+    plan = plan_windows(shape, window, divisors, VALIDATION_OVERLAP, slicewise)
+    head_strides = [(1, s, s) if slicewise else (s, s, s) for s in strides]
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    for chunk in chunks:
-        total: torch.Tensor | None = None
-        counts = torch.zeros(spatial)
-        for corner in itertools.product(*starts):
-            region = tuple(slice(c, c + w) for c, w in zip(corner, window, strict=False))
-            with autocast:
-                heads = model(chunk[(slice(None), slice(None), *region)].to(device))
-            probabilities = torch.stack(
-                [torch.softmax(upsample_logits(h.float(), window), dim=1) for h in heads]
-            )
-            if total is None:
-                total = torch.zeros(probabilities.shape[:3] + tuple(spatial))
-            total[(slice(None), slice(None), slice(None), *region)] += probabilities.cpu()
-            counts[region] += 1
-        outputs.append(total / counts)
-    probabilities = torch.cat(outputs, dim=1)  # [H, B, K, *spatial]
-    if spatial_dims == 2:
-        return probabilities.permute(0, 2, 1, 3, 4).contiguous()  # [H, K, z, y, x]
-    return probabilities[:, 0]
+
+    def forward(batch: torch.Tensor) -> list[torch.Tensor]:
+        with autocast:
+            return list(model(batch))
+
+    logits = run_windows(forward, volume, plan, head_strides, _num_classes(model), slicewise, "validation")
+    probabilities = []
+    for head in logits:  # [K, z', y', x'] at the head's stride
+        if slicewise:
+            full = upsample_logits(head.transpose(0, 1), list(shape[1:])).transpose(0, 1)
+        else:
+            full = upsample_logits(head[None], list(shape))[0]
+        probabilities.append(torch.softmax(full.float(), dim=0).cpu())
+    return torch.stack(probabilities)
+
+
+def _num_classes(model: nn.Module) -> int:
+    return int(model.num_classes)
 
 
 def _head_count(model: nn.Module) -> int:
@@ -125,12 +115,8 @@ def validation_crop(
 
 
 def dice_per_class(prediction: np.ndarray, reference: np.ndarray, num_classes: int) -> list[float]:
-    scores = []
-    for index in range(1, num_classes):
-        predicted, expected = prediction == index, reference == index
-        denominator = int(predicted.sum()) + int(expected.sum())
-        scores.append(1.0 if denominator == 0 else 2.0 * int((predicted & expected).sum()) / denominator)
-    return scores
+    """Dice of every foreground class index, by the evaluation's one Dice (1 when both are empty)."""
+    return [dice(prediction == index, reference == index) for index in range(1, num_classes)]
 
 
 def validate(
