@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from engine_models import export_intensity_model, run_cli, sphere_image
+from cli_runner import run_cli
+from engine_models import export_intensity_model, sphere_image
 from LayerEnsemblesLib.contract import read_metadata
 from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.evaluation import calibration, quality_fit

@@ -86,9 +86,13 @@ def add_parser(subparsers) -> None:
 
 
 def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> tuple[list, list, str, list]:
+    from ..evaluation.scores import CLASS_MEAN
     from ..evaluation.tables import read_csv
 
-    rows = read_csv(path, required=("method", score, metric))
+    # the class mean is derived from the per-class columns when the file predates it
+    rows = read_csv(path, required=("method", metric) + (() if score == CLASS_MEAN else (score,)))
+    if rows and score not in rows[0]:
+        raise InputError(f"{path}: no column {score!r} and no per-class aula_norm_* columns to derive it")
     layer_ensembles = sorted(
         {
             r["method"]
