@@ -40,9 +40,33 @@ def evaluation(tmp_path_factory):
         "--model", f"LE={layer_ensemble}", "--model", f"DE={deep_ensemble}",
         "--dataset", str(dataset), "--cases", f"{split}:validation",
         "--shifts", "noise", "--severities", "3", "--device", "cpu", "--no-progress", "--out", str(out),
+        "--pair-curves",
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
     return folder, out, dataset, layer_ensemble, completed
+
+
+def test_pair_curves_rebuild_the_decision_score_and_add_size_features(evaluation):
+    from LayerEnsemblesLib.contract import read_metadata
+    from LayerEnsemblesLib.evaluation import score_selection
+
+    _, out, _, layer_ensemble, _ = evaluation
+    rows = _rows(out / "cases.csv")
+    le = [r for r in rows if r["method"] == "LE"]
+    metadata = read_metadata(layer_ensemble)
+    pairs = score_selection.pair_matrix(le, "union")
+    assert pairs.shape == (len(le), metadata.num_heads - 1)  # every head, not only the kept ones
+    rebuilt = score_selection.normalised_aula(pairs, metadata.skip_heads)
+    assert rebuilt == pytest.approx([float(r["aula_norm_union"]) for r in le], abs=1e-6)
+    for row in le:
+        assert float(row["volume_union_ml"]) >= float(row["volume_structure1_ml"]) >= 0
+        classes = [
+            float(row[k]) for k in row if k.startswith("aula_norm_") and k[10:] not in ("union", "class_mean")
+        ]
+        assert float(row["aula_norm_class_mean"]) == pytest.approx(np.mean(classes), abs=1e-6)
+    assert all(r["pair_union_0"] == "" for r in rows if r["method"] == "DE")  # layer ensembles only
+    run = json.loads((out / "run.json").read_text())
+    assert [m.get("decision_score") for m in run["methods"]] == ["aula_norm_union"] * 2
 
 
 def test_cases_csv_has_one_row_per_method_case_and_condition(evaluation):
@@ -117,8 +141,22 @@ def test_head_curve_cost_and_run_files(evaluation):
 def test_report_files(evaluation):
     _, out, *_ = evaluation
     report = (out / "report.md").read_text()
-    for heading in ("Table 1", "Table 2", "Fig. 2", "Fig. 3", "Cost", "Clean cases only"):
+    for heading in (
+        "Table 1",
+        "Table 2",
+        "Fig. 2",
+        "Fig. 3",
+        "Cost",
+        "Clean cases only",
+        "Failure detection",
+    ):
         assert heading in report
+    failure_rows = [
+        line for line in report.splitlines() if line.startswith("| LE | AULA (normalised) union | ")
+    ]
+    # Table 2 over all conditions (ρ with its case interval) and the failure-detection table have intervals;
+    # Table 2 on clean cases (a p-value) and the QC table do not
+    assert len(failure_rows) == 4 and sum("[" in row for row in failure_rows) == 2
     assert "| **LE** | 4 |" in report  # reference row of Table 1 over 2 cases x 2 conditions
     assert "| DE | entropy (sum) |" in report
     for figure in ("fig2_qc.png", "fig2_qc_main.png", "fig3_heads.png", "scores_vs_dice.png"):

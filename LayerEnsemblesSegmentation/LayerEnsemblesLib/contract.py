@@ -64,6 +64,8 @@ class ModelMetadata:
     pad_to_patch: bool = False
     pad_value: float | None = None
     aula_threshold: float | None = None
+    quality_map: dict[str, Any] | None = None  # score -> estimated Dice; see LayerEnsemblesLib.quality
+    decision_score: str = "aula_norm_union"  # see LayerEnsemblesLib.decision_scores
     kind: str = "layer_ensemble"
     members: int = 1
     samples: int = 1

@@ -110,6 +110,9 @@ def _check_fields(document: dict[str, Any], problems: _Problems) -> None:
     pad_value = get("pad_value")
     if pad_value is not None and not _is_number(pad_value):
         problems.add("pad_value", f"must be null or a finite number, not {_show(pad_value)}")
+    from .quality import calibration_problems  # decision_score and quality_map (numpy only)
+
+    problems.extend(calibration_problems(get("decision_score", "aula_norm_union"), get("quality_map")))
     threshold = get("aula_threshold")
     if threshold is not None and (not _is_number(threshold) or not 0 <= threshold <= 1):
         problems.add("aula_threshold", f"must be null or a number in [0, 1], not {_show(threshold)}")

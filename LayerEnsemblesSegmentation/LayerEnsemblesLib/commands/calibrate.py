@@ -48,22 +48,33 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--severities", nargs="+", default=None, metavar="S", help="shift severities (1 2 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the shifts (default 0)")
     parser.add_argument(
-        "--target-dice", type=float, required=True, help="cases below this Dice should be flagged"
+        "--target-dice", type=float, help="cases below this Dice should be flagged (with --sensitivity)"
     )
     parser.add_argument(
         "--sensitivity",
         type=float,
-        required=True,
-        help="fraction of those cases the threshold must flag, e.g. 0.9",
+        help="fraction of those cases the threshold must flag, e.g. 0.9 (with --target-dice)",
+    )
+    parser.add_argument(
+        "--quality-map",
+        action="store_true",
+        help="also fit the estimated-Dice map (isotonic score -> Dice with a 10th-90th percentile "
+        "interval), report its 5-fold held-out error by case, and store it in the model",
     )
     parser.add_argument(
         "--metric", default="dice_mean", help="the Dice column: dice_mean (default), dice_union, dice_<class>"
     )
     parser.add_argument(
         "--score",
-        default="aula_norm_union",
-        help="the score column (default aula_norm_union, the one the engine decides on; another score "
-        "can be calibrated for comparison, but only aula_norm_union is written into a model)",
+        default=None,
+        help="the score column (default: the model's decision_score, the one the engine decides on; "
+        "another score is reported but not written)",
+    )
+    parser.add_argument(
+        "--decision-score",
+        metavar="SCORE",
+        help="make SCORE (e.g. aula_norm_class_mean) the model's decision score; needs a threshold "
+        "(--target-dice, --sensitivity) and calibrates it, and the quality map, on SCORE",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--out", help="write the calibrated model to this new file")
@@ -74,10 +85,14 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> tuple[list, list, str]:
+def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> tuple[list, list, str, list]:
+    from ..evaluation.scores import CLASS_MEAN
     from ..evaluation.tables import read_csv
 
-    rows = read_csv(path, required=("method", score, metric))
+    # the class mean is derived from the per-class columns when the file predates it
+    rows = read_csv(path, required=("method", metric) + (() if score == CLASS_MEAN else (score,)))
+    if rows and score not in rows[0]:
+        raise InputError(f"{path}: no column {score!r} and no per-class aula_norm_* columns to derive it")
     layer_ensembles = sorted(
         {
             r["method"]
@@ -95,10 +110,15 @@ def _pairs_from_csv(path: str, method: str | None, score: str, metric: str) -> t
     selected = [r for r in rows if r["method"] == method]
     if not selected:
         raise InputError(f"{path}: no rows for method {method!r}")
-    return [r[score] for r in selected], [r[metric] for r in selected], f"{path} (method {method})"
+    return (
+        [r[score] for r in selected],
+        [r[metric] for r in selected],
+        f"{path} (method {method})",
+        [r["case"] for r in selected],
+    )
 
 
-def _pairs_from_data(args: argparse.Namespace) -> tuple[list, list, str]:
+def _pairs_from_data(args: argparse.Namespace) -> tuple[list, list, str, list]:
     from ..evaluation import runner, shifts
     from ..evaluation.datasets import select_cases
 
@@ -116,7 +136,7 @@ def _pairs_from_data(args: argparse.Namespace) -> tuple[list, list, str]:
     )
     conditions = runner.conditions_for(settings.shifts, settings.severities)
     bar = runner._progress(len(cases) * len(conditions), not args.no_progress)
-    scores, dice = [], []
+    scores, dice, case_ids = [], [], []
     try:
         for rows, _ in runner.evaluate_cases(
             methods, cases, conditions, settings, bar=bar, with_distances=False
@@ -126,11 +146,13 @@ def _pairs_from_data(args: argparse.Namespace) -> tuple[list, list, str]:
                     raise InputError(f"{args.model}: no {args.score!r} or {args.metric!r} for {row['case']}")
                 scores.append(row[args.score])
                 dice.append(row[args.metric])
+                case_ids.append(row["case"])
     finally:
         if bar is not None:
             bar.close()
     shifted = f", shifts {','.join(settings.shifts)}" if settings.shifts else ""
-    return scores, dice, f"{description}: {len(cases)} cases × {len(conditions)} conditions{shifted}"
+    description = f"{description}: {len(cases)} cases × {len(conditions)} conditions{shifted}"
+    return scores, dice, description, case_ids
 
 
 def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
@@ -153,19 +175,21 @@ def _warn_if_other_model(csv_path: str, data: str, model: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..contract import read_metadata
-    from ..evaluation.calibration import DECISION_SCORE, check_targets, choose_threshold, write_threshold
+    from ..decision_scores import decision_score_of
+    from ..evaluation.calibration import check_targets, choose_threshold, write_threshold
 
-    check_targets(args.target_dice, args.sensitivity)  # before any case is run
+    wants_threshold = args.target_dice is not None or args.sensitivity is not None
+    if wants_threshold and (args.target_dice is None or args.sensitivity is None):
+        raise InputError("a threshold needs both --target-dice and --sensitivity")
+    if not wants_threshold and not args.quality_map:
+        raise InputError("give --target-dice and --sensitivity (a threshold), --quality-map, or both")
+    if wants_threshold:
+        check_targets(args.target_dice, args.sensitivity)  # before any case is run
     if args.in_place and args.out:
         raise InputError("give either --out FILE or --in-place, not both")
     if args.in_place and not args.overwrite:
         raise InputError(f"{args.model}: --in-place replaces the model file; add --overwrite to confirm")
     destination = Path(args.model) if args.in_place else Path(args.out) if args.out else None
-    if destination is not None and args.score != DECISION_SCORE:
-        raise InputError(
-            f"--score {args.score}: the engine accepts or flags a case on {DECISION_SCORE}, so only a "
-            f"threshold on {DECISION_SCORE} can be written into a model (drop --out/--in-place to compare)"
-        )
     if destination is not None and destination.exists() and not args.overwrite:
         raise InputError(f"{destination}: already exists (use --overwrite to replace it)")
     metadata = read_metadata(args.model)
@@ -173,19 +197,44 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             f"{args.model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
         )
+    if args.decision_score:
+        from ..decision_scores import is_known
+
+        if not is_known(args.decision_score):
+            raise InputError(f"--decision-score {args.decision_score}: not an aula_norm_* score")
+        if args.score and args.score != args.decision_score:
+            raise InputError("--score and --decision-score name different scores")
+    args.score = args.score or args.decision_score or decision_score_of(metadata)
+    decides_on = args.decision_score or decision_score_of(metadata)
+    if destination is not None and args.score != decides_on:  # refused before any case is run
+        raise InputError(
+            f"--score {args.score}: the engine accepts or flags a case on {decides_on}, so only a "
+            f"threshold on {decides_on} can be written into this model (drop --out/--in-place to compare)"
+        )
     if args.from_csv:
-        scores, dice, data = _pairs_from_csv(args.from_csv, args.method, args.score, args.metric)
+        scores, dice, data, case_ids = _pairs_from_csv(args.from_csv, args.method, args.score, args.metric)
         _warn_if_other_model(args.from_csv, data, args.model)
     else:
-        scores, dice, data = _pairs_from_data(args)
-    calibration = choose_threshold(scores, dice, args.target_dice, args.sensitivity, args.score)
+        scores, dice, data, case_ids = _pairs_from_data(args)
+    calibration = (
+        choose_threshold(scores, dice, args.target_dice, args.sensitivity, args.score)
+        if wants_threshold
+        else None
+    )
+    quality, held_out = _quality_map(args, scores, dice, case_ids, data) if args.quality_map else (None, None)
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps({**asdict(calibration), "data": data}, indent=2))
+        document = {**(asdict(calibration) if calibration else {}), "data": data}
+        if quality is not None:
+            document.update(quality_map=quality.to_dict(), held_out=held_out)
+        print(json.dumps(document, indent=2))
     else:
-        print(calibration.summary())
-    if calibration.sensitivity < args.sensitivity:
+        if calibration is not None:
+            print(calibration.summary())
+        if quality is not None:
+            print(_quality_summary(quality, held_out))
+    if calibration is not None and calibration.sensitivity < args.sensitivity:
         print(
             f"warning: only sensitivity {calibration.sensitivity:.3f} is reachable (poor cases with AULA 1)",
             file=sys.stderr,
@@ -196,6 +245,47 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    write_threshold(args.model, calibration, destination, overwrite=args.overwrite, data=data)
-    print(f"wrote {destination} (aula_threshold {calibration.threshold:.4f})")
+    write_threshold(
+        args.model,
+        calibration,
+        destination,
+        overwrite=args.overwrite,
+        data=data,
+        quality_map=quality,
+        held_out=held_out,
+        decision_score=args.decision_score,
+    )
+    written = [f"aula_threshold {calibration.threshold:.4f}"] if calibration else []
+    written += [f"quality_map with {len(quality.scores)} knots"] if quality else []
+    print(f"wrote {destination} ({', '.join(written)})")
     return 0
+
+
+def _quality_map(args: argparse.Namespace, scores, dice, case_ids, data: str):
+    """The map fitted on every case, and its held-out error from a 5-fold cross-validation by case."""
+    from dataclasses import asdict
+
+    from ..evaluation.quality_fit import cross_validate, fit_quality_map
+
+    quality = fit_quality_map(scores, dice, args.score, args.metric, case_ids=case_ids, data=data)
+    try:
+        held_out = asdict(cross_validate(case_ids, scores, dice, args.score, folds=5))
+    except InputError as error:  # too few cases to hold some out: the map stands, unchecked
+        print(f"warning: no held-out check of the quality map ({error})", file=sys.stderr)
+        held_out = None
+    return quality, held_out
+
+
+def _quality_summary(quality, held_out: dict | None) -> str:
+    text = (
+        f"quality map ({quality.score} -> {quality.metric}): {len(quality.scores)} knots from "
+        f"{quality.rows} rows of {quality.cases} cases; e.g. "
+        f"{quality.estimate(quality.scores[len(quality.scores) // 2]).text()} at "
+        f"{quality.scores[len(quality.scores) // 2]:.3f}"
+    )
+    if held_out:
+        text += (
+            f"; held out ({held_out['folds']}-fold by case): MAE {held_out['mae']:.3f} (a constant "
+            f"estimate: {held_out['mae_constant']:.3f}), interval coverage {held_out['coverage']:.2f}"
+        )
+    return text

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         if report_path.is_file():
             report = json.loads(report_path.read_text())
             print(
-                f"  {case}: AULA {report['aula']['raw']['union']:.3f} raw, {report['score']:.3f} normalised "
-                f"-> {report['decision']} (threshold {report['threshold']:.2f})"
+                f"  {case}: AULA {report['score']:.3f} ({report.get('score_name', 'aula_norm_union')}) "
+                f"-> {report['decision']} (threshold {report['threshold']:.3f}); "
+                f"{report.get('estimated_dice_text', '')}"
             )
     return status

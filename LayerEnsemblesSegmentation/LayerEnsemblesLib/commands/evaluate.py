@@ -81,6 +81,12 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="skip the per-method time and memory probe in a fresh process",
     )
+    parser.add_argument(
+        "--pair-curves",
+        action="store_true",
+        help="also record, for layer ensembles, each adjacent-head Dice over all heads (pair_*), the "
+        "predicted volumes and the maps' foreground means, to explore decision scores",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing evaluation in --out")
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         head_curve=not args.no_head_curve,
         cost_probe=not args.no_cost_probe,
+        pair_curves=args.pair_curves,
     )
     conditions = len(runner.conditions_for(settings.shifts, settings.severities))
     print(

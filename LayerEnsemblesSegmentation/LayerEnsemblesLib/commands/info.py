@@ -48,6 +48,14 @@ def describe(metadata: ModelMetadata) -> str:
             if metadata.aula_threshold is not None
             else "not calibrated"
         ),
+        f"decision score: {metadata.decision_score}",
+        "estimated Dice: "
+        + (
+            f"quality map with {len(metadata.quality_map['scores'])} knots "
+            f"({metadata.quality_map['score']} -> {metadata.quality_map.get('metric', 'dice_mean')})"
+            if metadata.quality_map
+            else "no quality map (segment shows AULA alone)"
+        ),
     ]
     if "converted_from" in metadata.provenance:
         lines.insert(1, f"converted from: {metadata.provenance['converted_from']}")

@@ -6,14 +6,17 @@ Per case (named after the input file without its extensions, or after the DICOM 
 * ``<case>_<map><ext>``: each requested voxel map (agreement by default);
 * ``<case>_probabilities<ext>`` with ``--probabilities``: the mean softmax, one component per class;
 * ``<case>_report.json``: AULA (raw and normalised, per class and union), the agreement curve with its
-  pair labels, the decision with its threshold and the threshold's source, empty flags, the device
-  and the timings. It is written last, so its presence marks a complete case.
+  pair labels, the decision with its threshold and the threshold's source, the estimated Dice with its
+  interval when the model carries a quality map (``estimated_dice``, ``estimated_dice_text``; the text
+  says why when there is none), empty flags, the device and the timings. It is written last, so its
+  presence marks a complete case.
 
 ``<ext>`` keeps the input's format family: NRRD inputs give ``.nrrd``, MetaImage inputs ``.mha``,
 everything else (NIfTI, DICOM, ...) ``.nii.gz``; ``--format`` overrides it. With several inputs,
-``summary.csv`` lists the cases by normalised union AULA, lowest (most in need of review) first, and
-failed cases last. A failing case prints one error line and the others still run; the exit code is 2
-when any case failed.
+``summary.csv`` lists the cases by the decision score (normalised AULA), lowest (most in need of
+review) first, with the estimated Dice beside it (empty, and the reason in ``estimated_dice_text``,
+without a quality map), and failed cases last. A failing case prints one error line and the others
+still run; the exit code is 2 when any case failed.
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        help="accept a case when its normalised union AULA reaches this value (default: the "
-        "model's calibrated threshold, else 0.90)",
+        help="accept a case when its decision score (a normalised AULA; `info` names it) reaches this "
+        "value (default: the model's calibrated threshold, else 0.90)",
     )
     parser.add_argument(
         "--maps",
@@ -328,8 +331,12 @@ def _summary_row(case: str, path: Path, report: dict) -> dict[str, Any]:
         "threshold": report["threshold"],
         "empty_foreground": report["aula"]["empty_foreground"],
         "kept_heads": f"{report['heads']['first']}:{report['heads']['stop']}",
+        "estimated_dice_text": report["estimated_dice_text"],
         "error": "",
     }
+    estimate = report.get("estimated_dice") or {}
+    for key in ("value", "low", "high"):
+        row["estimated_dice" if key == "value" else f"estimated_dice_{key}"] = estimate.get(key)
     for name, value in report["aula"]["normalized"].items():
         if name != "union":
             row[f"aula_normalized_{name}"] = value
@@ -355,6 +362,10 @@ def _summary_csv(rows: list[dict[str, Any]], metadata) -> str:
         "decision",
         "reason",
         "threshold",
+        "estimated_dice",
+        "estimated_dice_low",
+        "estimated_dice_high",
+        "estimated_dice_text",
         "empty_foreground",
         *class_columns,
         "kept_heads",
@@ -432,7 +443,8 @@ class _Progress:
     def case_result(self, case: str, path: Path, report: dict) -> None:
         self.write(
             f"{case}: {report['decision']} (normalised AULA {_text(report['score'])}, "
-            f"threshold {report['threshold']:.3f} from {report['threshold_source']})"
+            f"threshold {report['threshold']:.3f} from {report['threshold_source']}; "
+            f"{report['estimated_dice_text']})"
         )
 
     def case_failed(self, case: str, path: Path, message: str) -> None:

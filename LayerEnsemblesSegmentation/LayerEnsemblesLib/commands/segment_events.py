@@ -84,7 +84,10 @@ class JsonEvents:
             report=_absolute(report["report"]),
             decision=report["decision"],
             score=None if score is None or not math.isfinite(score) else score,
+            score_name=report.get("score_name"),
             threshold=report["threshold"],
+            estimated_dice=report.get("estimated_dice"),
+            estimated_dice_text=report.get("estimated_dice_text"),
         )
 
     def case_failed(self, case: str, path: Path, message: str) -> None:

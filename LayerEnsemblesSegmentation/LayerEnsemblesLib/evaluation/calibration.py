@@ -22,10 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import ModelMetadata
+from ..decision_scores import decision_score_of
 from ..errors import InputError
+from ..quality import QualityMap
 from .archive import rewrite_metadata
 
-DECISION_SCORE = "aula_norm_union"  # normalised union AULA: what ``Prediction.decision`` compares
+DECISION_SCORE = "aula_norm_union"  # the default decision score; a model may name another (decision_score)
 
 
 @dataclass
@@ -112,31 +114,58 @@ def choose_threshold(
 
 def write_threshold(
     model: str | Path,
-    calibration: Calibration,
+    calibration: Calibration | None,
     destination: str | Path,
     overwrite: bool = False,
     data: str = "",
+    quality_map: QualityMap | None = None,
+    held_out: dict | None = None,
+    decision_score: str | None = None,
 ) -> ModelMetadata:
-    """Save ``model`` to ``destination`` with the calibrated threshold in its metadata."""
+    """Save ``model`` to ``destination`` with the calibrated threshold and/or quality map in its metadata.
 
-    if calibration.score != DECISION_SCORE:  # a threshold on another scale would flag the wrong cases
-        raise InputError(
-            f"{model}: a threshold on {calibration.score} cannot be stored; the engine decides on "
-            f"{DECISION_SCORE}"
-        )
+    Only the engine's decision score may carry the threshold: a threshold on another score would be
+    applied to the wrong number by ``segment`` and the Slicer module.
+    """
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def update(metadata: ModelMetadata) -> None:
         if metadata.kind != "layer_ensemble":
             raise InputError(
                 f"{model}: a {metadata.kind} model has no AULA; calibrate a layer-ensemble model"
             )
-        metadata.aula_threshold = round(calibration.threshold, 6)
+        if decision_score is not None and decision_score != decision_score_of(metadata):
+            if calibration is None:
+                raise InputError(
+                    f"{model}: changing the decision score to {decision_score} needs a threshold for it "
+                    "(--target-dice and --sensitivity)"
+                )
+            metadata.decision_score = decision_score
+            metadata.quality_map = None  # a map of the old score would be applied to the new one
+        decides_on = decision_score_of(metadata)
+        for score in [c.score for c in (calibration, quality_map) if c is not None]:
+            if score != decides_on:
+                raise InputError(
+                    f"{model}: the engine decides on {decides_on}; a threshold or quality map for {score} "
+                    "would be applied to a different number, so it is not written"
+                )
         metadata.provenance = dict(metadata.provenance)
-        record = {
-            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(calibration).items()
-        }
-        record.update(data=data, date=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        metadata.provenance["aula_calibration"] = record
+        if calibration is not None:
+            metadata.aula_threshold = round(calibration.threshold, 6)
+            record = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(calibration).items()
+            }
+            record.update(data=data, date=date)
+            metadata.provenance["aula_calibration"] = record
+        if quality_map is not None:
+            metadata.quality_map = quality_map.to_dict()
+            metadata.provenance["quality_map_calibration"] = {
+                "data": data,
+                "date": date,
+                "skip_heads": metadata.skip_heads,
+                **({"held_out": held_out} if held_out else {}),
+            }
 
     _, metadata = rewrite_metadata(model, destination, update, overwrite=overwrite)
     return metadata

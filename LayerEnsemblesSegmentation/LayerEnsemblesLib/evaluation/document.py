@@ -7,8 +7,28 @@ than a Markdown dependency and gives an HTML page that opens in any browser next
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def to_float(value: Any) -> float:
+    """A CSV cell as a number; text and empty cells become NaN."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def p_text(value: float) -> str:
+    if not math.isfinite(value):
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def number_text(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 @dataclass

@@ -20,8 +20,11 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import atomic_write_text, read_json_object
-from . import plots, qc, scores, stats
+from . import failure_detection, plots, qc, report_failure, scores, stats
 from .document import Document
+from .document import number_text as _number
+from .document import p_text as _p
+from .document import to_float as _float
 from .runner import CASES_FILE, CLEAN, COST_FILE, HEADS_FILE, RUN_FILE
 from .tables import read_csv
 
@@ -63,13 +66,25 @@ class EvaluationData:
     def paired(
         self, method: str, reference: str, column: str, clean_only: bool
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Values of two methods on the (case, condition) pairs both have."""
+        """Per case, the mean of ``column`` over the conditions both methods have: one pair per case.
+
+        A case under several conditions is one observation, not several, so tests pair cases; pooling
+        (case, condition) rows would treat a case's 17 conditions as independent patients.
+        """
         mine = {(r["case"], r["condition"]): _float(r.get(column)) for r in self.subset(method, clean_only)}
         theirs = {
             (r["case"], r["condition"]): _float(r.get(column)) for r in self.subset(reference, clean_only)
         }
-        keys = sorted(set(mine) & set(theirs))
-        return np.array([mine[k] for k in keys], float), np.array([theirs[k] for k in keys], float)
+        keys = [k for k in sorted(set(mine) & set(theirs)) if np.isfinite(mine[k]) and np.isfinite(theirs[k])]
+        cases = sorted({case for case, _ in keys})
+        by_case = {case: [k for k in keys if k[0] == case] for case in cases}
+        return (
+            np.array([np.mean([mine[k] for k in by_case[c]]) for c in cases], float),
+            np.array([np.mean([theirs[k] for k in by_case[c]]) for c in cases], float),
+        )
+
+    def case_ids(self, method: str, clean_only: bool = False) -> np.ndarray:
+        return np.array([r["case"] for r in self.subset(method, clean_only)])
 
     def score_columns(self, method: str) -> list[str]:
         """Scores with at least three finite, non-constant values for ``method`` (AULA first).
@@ -93,13 +108,6 @@ class EvaluationData:
             if values.size >= 3 and np.ptp(values) > 0:
                 usable.append(column)
         return usable
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def load(folder: str | Path) -> EvaluationData:
@@ -128,16 +136,6 @@ def load(folder: str | Path) -> EvaluationData:
 def _mean_sd(values: np.ndarray, digits: int = 3) -> str:
     mean, sd, count = stats.mean_sd(values)
     return "–" if count == 0 else f"{mean:.{digits}f} ({sd:.{digits}f})"
-
-
-def _p(value: float) -> str:
-    if not math.isfinite(value):
-        return "–"
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _number(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 # ------------------------------------------------------------------------------------------ sections
@@ -215,10 +213,22 @@ def per_class_table(data: EvaluationData, document: Document) -> None:
 
 
 def table2(data: EvaluationData, document: Document, metric: str, clean_only: bool) -> None:
+    """Spearman ρ per score. With one row per case (clean only) the p-value is valid; over all
+    conditions the rows of one case are not independent, so the ρ gets a case-bootstrap interval."""
+    pooled = not clean_only and any(r["condition"] != CLEAN for r in data.rows)
     rows = []
     for method in data.methods:
         for score in data.score_columns(method):
             values = data.values(method, score, clean_only)
+            if pooled:
+                ids = data.case_ids(method)
+                with_dice = failure_detection.spearman_interval(ids, values, data.values(method, metric))
+                with_mhd = failure_detection.spearman_interval(ids, values, data.values(method, "mhd_mean"))
+                count = int((np.isfinite(values) & np.isfinite(data.values(method, metric))).sum())
+                rows.append(
+                    [method, scores.score_label(score), with_dice.text(), with_mhd.text(), str(count)]
+                )
+                continue
             with_dice = stats.spearman(values, data.values(method, metric, clean_only))
             with_mhd = stats.spearman(values, data.values(method, "mhd_mean", clean_only))
             rows.append(
@@ -232,7 +242,11 @@ def table2(data: EvaluationData, document: Document, metric: str, clean_only: bo
                     str(with_dice.count),
                 ]
             )
-    if rows:
+    if rows and pooled:
+        document.table(
+            ["Method", "Score", f"ρ with {metric} [95 % CI over cases]", "ρ with MHD [95 % CI]", "n"], rows
+        )
+    elif rows:
         document.table(["Method", "Score", f"ρ with {metric}", "p", "ρ with MHD", "p", "n"], rows)
     else:
         document.paragraph("No method has a usable image-level score on these cases.")
@@ -292,7 +306,9 @@ def quality_control(
 
 
 def main_score_for(data: EvaluationData, method: str, available: Sequence[str]) -> str | None:
-    preferred = MAIN_SCORE.get(data.kinds.get(method, ""), "entropy_sum")
+    """A layer ensemble's decision score (run.json records it), else the kind's usual best score."""
+    recorded = {m.get("name"): m.get("decision_score") for m in data.run.get("methods", [])}
+    preferred = recorded.get(method) or MAIN_SCORE.get(data.kinds.get(method, ""), "entropy_sum")
     if data.kinds.get(method) == "layer_ensemble" and preferred not in available:
         preferred = "entropy_sum"  # the plain baseline: one kept head, no AULA
     if preferred in available:
@@ -445,8 +461,9 @@ def build_report(
         "the modified Hausdorff distance (max of the two mean nearest-neighbour distances between the voxel "
         "sets, mm); HD95 is the surface 95th-percentile Hausdorff distance; NLL is the mean over voxels of "
         "−log p(true class) under the ensemble's mean softmax. An empty prediction where the reference is "
-        "not has Dice 0 and distances equal to the image diagonal. p: two-sided paired Wilcoxon test against "
-        f"{reference}."
+        "not has Dice 0 and distances equal to the image diagonal. p: two-sided Wilcoxon signed-rank test "
+        f"against {reference}, paired by case (over all conditions: each case's mean over its conditions, "
+        "so n pairs = the number of cases, not of case × condition rows)."
     )
     written: list[Path] = []
     subsets = [(False, "all conditions")] + ([(True, "clean cases only")] if has_shifts else [])
@@ -463,11 +480,21 @@ def build_report(
     document.heading("Table 2: do the image-level scores rank failures?")
     document.paragraph(
         "Spearman ρ between each score and Dice / MHD. AULA measures agreement (expect ρ > 0 "
-        "with Dice); entropy, mutual information and variance measure disagreement (expect ρ < 0)."
+        "with Dice); entropy, mutual information and variance measure disagreement (expect ρ < 0). Over "
+        "all conditions, brackets are 95 % bootstrap intervals over cases (a case's conditions are not "
+        "independent, so no pooled p-value is given); on clean cases (one row per case) p is Spearman's test."
     )
     for clean_only, label in subsets:
         document.heading(label.capitalize(), 3)
         table2(data, document, metric, clean_only)
+
+    main_scores = {}
+    for method in data.methods:
+        chosen = main_score_for(data, method, report_failure._complete_scores(data, method, metric))
+        if chosen:
+            main_scores[method] = chosen
+    report_failure.failure_detection_section(data, document, metric, threshold, reference, main_scores)
+    report_failure.estimated_dice_section(data, document, metric)
 
     document.heading("Fig. 2: quality control")
     document.paragraph(

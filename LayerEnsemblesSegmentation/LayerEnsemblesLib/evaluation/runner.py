@@ -210,6 +210,16 @@ def head_curve(
     return rows
 
 
+def exploration_columns(prediction: Any, foreground: dict[str, int]) -> dict[str, float]:
+    """Features for choosing a better decision score: the agreement curve over all heads (``pair_*``),
+    the predicted volumes and the maps' means over the predicted foreground."""
+    everything = prediction.recombine(skip_heads=0, maps=())
+    row = scores.pair_columns(everything.aula)
+    row.update(scores.volume_columns(prediction.segmentation, foreground))
+    row.update(scores.foreground_map_means(prediction.maps, prediction.segmentation))
+    return row
+
+
 # ------------------------------------------------------------------------------------------ files
 
 
@@ -244,6 +254,7 @@ class EvaluationSettings:
     device: str = "auto"
     head_curve: bool = True
     cost_probe: bool = True
+    pair_curves: bool = False  # record pair_*, volume_* and *_fgmean columns for score exploration
 
 
 def run_evaluation(
@@ -293,6 +304,7 @@ def run_evaluation(
                     "model_name": m.metadata.name,
                     "heads": m.metadata.num_heads,
                     "skip_heads": m.metadata.skip_heads,
+                    "decision_score": m.metadata.decision_score,
                 }
                 for m in methods
             ],
@@ -413,6 +425,8 @@ def evaluate_cases(
                     values = evaluate_prediction(
                         method, prediction, label, label_indices, spacing, foreground, with_distances
                     )
+                    if settings.pair_curves and method.has_aula:
+                        values.update(exploration_columns(prediction, foreground))
                     curve = (
                         head_curve(method, prediction, label, label_indices, spacing, foreground)
                         if settings.head_curve and method.has_head_curve

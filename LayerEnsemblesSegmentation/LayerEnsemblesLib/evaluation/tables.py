@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .scores import add_class_mean
 
 TEXT_COLUMNS = frozenset({"method", "kind", "case", "condition", "shift", "device", "error"})
 INTEGER_COLUMNS = ("severity", "skip_heads", "kept_heads")  # kept integral so a resumed file stays uniform
@@ -65,7 +66,7 @@ def read_csv(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, A
                 values[column] = int(values[column])
             elif column in required:
                 raise InputError(f"{path}, line {line}: column {column!r} needs a whole number")
-        rows.append(values)
+        rows.append(add_class_mean(values))
     return rows
 
 

@@ -25,10 +25,12 @@ import SimpleITK as sitk
 import torch
 
 from ..contract import ModelMetadata
+from ..decision_scores import decision_score_of, label, score_value
 from ..devices import device_report, is_out_of_memory, release_cached_memory
 from ..errors import InputError
 from ..preprocessing import NetworkGeometry, to_input_space
-from ..uncertainty import DEFAULT_AULA_THRESHOLD, UNION, AulaResult, aula_from_confusions
+from ..quality import NO_MAP_TEXT, DiceEstimate, quality_map_of
+from ..uncertainty import DEFAULT_AULA_THRESHOLD, AulaResult, aula_from_confusions
 from .reduction import MAP_NAMES, HeadStream, ReducedVolumes
 
 
@@ -166,9 +168,11 @@ class Prediction:
         self.threshold_source = threshold_source
         self.timings = timings
         self.device = session.device_info["device"]
-        self.score = aula.score
-        self.accepted, self.reason = _decide(aula, threshold)
+        self.score_name = decision_score_of(session.metadata)
+        self.score = score_value(aula, self.score_name)
+        self.accepted, self.reason = _decide(aula, self.score, self.score_name, threshold)
         self.decision = "accepted" if self.accepted else "flagged"
+        self.estimated_dice, self.estimated_dice_text = _estimate_quality(session, head_range, aula)
         self._probabilities: sitk.Image | None = None
 
     @property
@@ -268,10 +272,13 @@ class Prediction:
             "aula": self.aula.to_dict(),
             "aula_space": "network (model orientation and spacing, padding removed)",
             "score": None if not math.isfinite(self.score) else float(self.score),
+            "score_name": self.score_name,
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "decision": self.decision,
             "accepted": self.accepted,
+            "estimated_dice": None if self.estimated_dice is None else self.estimated_dice.to_dict(),
+            "estimated_dice_text": self.estimated_dice_text,
             "reason": self.reason,
             "classes": [{"name": c.name, "value": c.value} for c in metadata.classes],
             "maps": list(self.maps),
@@ -334,12 +341,34 @@ def build_prediction(
     )
 
 
-def _decide(aula: AulaResult, threshold: float) -> tuple[bool, str]:
-    score = aula.score
+def _estimate_quality(
+    session: InferenceSession, head_range: tuple[int, int], aula: AulaResult
+) -> tuple[DiceEstimate | None, str]:
+    """The model's estimated Dice for this result, or None with the reason shown instead.
+
+    The map was fitted on the model's default kept heads; another head range gives another score
+    distribution, so no estimate is offered for it rather than a wrong one.
+    """
+    quality = quality_map_of(session.metadata)
+    if quality is None:
+        return None, NO_MAP_TEXT
+    default = (session.metadata.skip_heads, len(session.member_names))
+    if tuple(head_range) != default:
+        return None, (
+            f"no estimated Dice for heads {head_range[0]}:{head_range[1]} (the quality map is calibrated "
+            f"for the default heads {default[0]}:{default[1]})"
+        )
+    estimate = quality.estimate(score_value(aula, quality.score))
+    if estimate is None:
+        return None, f"no estimated Dice ({quality.score} is undefined for this result)"
+    return estimate, estimate.text()
+
+
+def _decide(aula: AulaResult, score: float, score_name: str, threshold: float) -> tuple[bool, str]:
     if not math.isfinite(score):
         return False, "AULA is undefined with a single kept head (no adjacent pair to compare)"
     if aula.empty_foreground:
         return False, "the ensemble predicts no foreground"
     if score < threshold:
-        return False, f"normalised {UNION} AULA {score:.3f} is below the threshold {threshold:.3f}"
-    return True, f"normalised {UNION} AULA {score:.3f} reaches the threshold {threshold:.3f}"
+        return False, f"{label(score_name)} {score:.3f} is below the threshold {threshold:.3f}"
+    return True, f"{label(score_name)} {score:.3f} reaches the threshold {threshold:.3f}"
