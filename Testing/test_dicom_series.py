@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from engine_models import error_lines, export_intensity_model, run_cli, write_dicom_series
+from cli_runner import run_cli
+from engine_models import error_lines, export_intensity_model, write_dicom_series
 from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.fileio import read_image
 

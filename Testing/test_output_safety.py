@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from engine_models import error_lines, export_intensity_model, run_cli, sphere_image
+from cli_runner import run_cli
+from engine_models import error_lines, export_intensity_model, sphere_image
 from LayerEnsemblesLib.errors import InputError
 
 
