@@ -130,23 +130,37 @@ def run(args: argparse.Namespace) -> int:
         head_curve=not args.no_head_curve,
         cost_probe=not args.no_cost_probe,
     )
+    from .sharding import RankRun
+
     conditions = len(runner.conditions_for(settings.shifts, settings.severities))
-    print(
-        f"evaluating {len(methods)} method(s) on {len(cases)} case(s) × {conditions} condition(s) from "
-        f"{description}",
-        file=sys.stderr,
-    )
-    runner.run_evaluation(
-        methods,
-        cases,
-        settings,
-        args.out,
-        dataset=description,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-        log=lambda message: print(message, file=sys.stderr),
-    )
-    written = report.build_report(args.out)
-    print(f"wrote {args.out}/{runner.CASES_FILE} and {', '.join(p.name for p in written)}")
+    ranks = RankRun(args.device)
+    settings.device = ranks.device_request
+    if ranks.is_main:
+        print(
+            f"evaluating {len(methods)} method(s) on {len(cases)} case(s) × {conditions} condition(s) from "
+            f"{description}" + (f" on {ranks.world_size} ranks" if ranks.distributed else ""),
+            file=sys.stderr,
+        )
+    try:
+        with ranks.guard(
+            lambda: runner.unfinished_cases(args.out, methods, cases, settings),
+            rerun="rerun the same command with --resume",
+        ):
+            runner.run_evaluation(
+                methods,
+                cases,
+                settings,
+                args.out,
+                dataset=description,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                progress=not args.no_progress,
+                log=lambda message: print(message, file=sys.stderr),
+                rank_run=ranks,
+            )
+    finally:
+        ranks.finish()
+    if ranks.is_main:
+        written = report.build_report(args.out)
+        print(f"wrote {args.out}/{runner.CASES_FILE} and {', '.join(p.name for p in written)}")
     return 0

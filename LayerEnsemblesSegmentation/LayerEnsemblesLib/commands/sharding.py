@@ -99,7 +99,9 @@ class RankRun:
             os.kill(os.getpid(), signal.SIGKILL)
 
     @contextlib.contextmanager
-    def guard(self, missing: Callable[[], list[str]]) -> Iterator[None]:
+    def guard(
+        self, missing: Callable[[], list[str]], rerun: str = "rerun the same command"
+    ) -> Iterator[None]:
         """Turn a stopped peer or a SIGTERM from torchrun into one line naming the missing cases.
 
         Exits with :data:`INCOMPLETE_EXIT_CODE`. A SIGTERM handler installed before (say, one that
@@ -126,7 +128,7 @@ class RankRun:
             listed = ", ".join(names[:MISSING_LISTED]) + (", ..." if len(names) > MISSING_LISTED else "")
             print(
                 f"error: rank {self.rank}: the run stopped before every case finished: {reason}; "
-                f"{len(names)} case(s) missing: {listed or 'none'}; rerun the same command to finish them",
+                f"{len(names)} case(s) missing: {listed or 'none'}; {rerun} to finish them",
                 file=sys.stderr,
                 flush=True,
             )

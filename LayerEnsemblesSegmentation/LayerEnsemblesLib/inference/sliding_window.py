@@ -158,15 +158,13 @@ def run_windows(
         outputs = forward(batch)
         if len(outputs) != len(grids):
             raise InputError(
-                f"{source}: the model returned {len(outputs)} outputs but its metadata declares "
-                f"{len(grids)}"
+                f"{source}: the model returned {len(outputs)} outputs but its metadata declares {len(grids)}"
             )
         for head, (output, stride) in enumerate(zip(outputs, head_strides, strict=False)):
             pieces = output.split(plan.window[0]) if slicewise else output.unbind(0)
             if len(pieces) != len(starts):
                 raise InputError(
-                    f"{source}: head {head} returned a batch of {output.shape[0]} for "
-                    f"{batch.shape[0]} inputs"
+                    f"{source}: head {head} returned a batch of {output.shape[0]} for {batch.shape[0]} inputs"
                 )
             for start, piece in zip(starts, pieces, strict=True):
                 piece = piece.float().transpose(0, 1) if slicewise else piece.float()  # [K, z, y, x]
