@@ -1,4 +1,4 @@
-"""``evaluate`` under torchrun: two gloo ranks give the tables of one process; a killed rank, then --resume."""
+"""``evaluate`` on torchrun: two gloo ranks write the tables of one process; a killed rank, then --resume."""
 
 from __future__ import annotations
 

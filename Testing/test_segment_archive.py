@@ -85,7 +85,10 @@ def test_manifest_lines_and_csv_column(tmp_path, archive):
     assert read_manifest(str(listing)) == paths[:2]
     table = tmp_path / "cases.csv"
     table.write_text("id,image\na,sub/x.nii.gz\nb," + str(paths[2]) + "\n")
-    assert read_manifest(f"{table}:image") == [tmp_path / "sub" / "x.nii.gz", paths[2]]  # relative to the file
+    assert read_manifest(f"{table}:image") == [
+        tmp_path / "sub" / "x.nii.gz",
+        paths[2],
+    ]  # relative to the file
     for spec, message in [
         (f"{table}:label", "has no column 'label' (found: id, image)"),
         (str(tmp_path / "absent.txt"), "is not a file"),

@@ -248,6 +248,13 @@ class Predictor:
                 batch //= 2
                 continue
             if not failed:
+                if batch != self.batch_windows:
+                    message = (
+                        f"{source}: out of memory with {self.batch_windows} windows per pass on {device}; "
+                        f"used {batch}"
+                    )
+                    warnings.warn(message, RuntimeWarning, stacklevel=4)
+                    notes.append(message)
                 if window != first_window:
                     message = (
                         f"{source}: out of memory with a {first_window} window on {device}; "
