@@ -412,13 +412,18 @@ def evaluate_cases(
 ) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """Per case, the rows of every (method, condition) not in ``done``, and the head-curve rows."""
     from ..inference import Predictor
+    from ..inference.prefetch import prefetched
 
     classes = methods[0].metadata.classes
     foreground = {c.name: c.value for c in classes if c.value != 0}
     class_values = [c.value for c in classes]
     predictors = {m.name: Predictor(m.path, device=settings.device) for m in methods}
-    for case in cases:
-        image, label_image = read_image(case.image), read_image(case.label)
+    # the next case's files are read while this one computes
+    pairs = prefetched(
+        cases, lambda c: (read_image(c.image), read_image(c.label)), 1 if len(cases) > 1 else 0
+    )
+    for case, load in pairs:
+        image, label_image = load()
         metrics.check_same_grid(image, label_image, str(case.label))
         label = sitk.GetArrayFromImage(label_image).astype(np.int64)
         label_indices = metrics.labels_to_indices(label, class_values, str(case.label))
