@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -162,26 +161,26 @@ def test_a_summary_of_other_cases_is_not_replaced(archive, tiny_model_file, tmp_
 
 
 def test_prefetching_keeps_order_values_and_errors_in_turn():
-    started: list[int] = []
+    started = [threading.Event() for _ in range(5)]
     threads: set[str] = set()
 
     def load(item: int) -> int:
-        started.append(item)
+        started[item].set()
         threads.add(threading.current_thread().name)
-        time.sleep(0.01)
         if item == 2:
             raise ValueError("unreadable 2")
         return item * 10
 
     seen = []
     for item, value in prefetched(range(5), load, ahead=1):
-        assert max(started) >= min(item + 1, 4)  # the next item was already loading
         try:
             seen.append((item, value()))
         except ValueError as error:
             seen.append((item, str(error)))
+        if item < 4:  # while the caller still works on this item, the next one loads
+            assert started[item + 1].wait(timeout=30)
     assert seen == [(0, 0), (1, 10), (2, "unreadable 2"), (3, 30), (4, 40)]
-    assert all(name.startswith("prefetch") for name in threads)
+    assert threads and all(name.startswith("prefetch") for name in threads)
     inline = [(item, value()) for item, value in prefetched([1, 3], lambda i: i + 1, ahead=0)]
     assert inline == [(1, 2), (3, 4)]
 

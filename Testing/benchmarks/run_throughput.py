@@ -157,14 +157,15 @@ def mixed_precision(args, sizes, device, document, save, model: Path) -> None:
 
 def stitch(args, sizes, device, document, save, model: Path) -> None:
     image = synthetic_image(sizes["huge"], seed=2)
-    entry = {}
+    entry: dict = {}
+    labels = {}
     for where in ("same", "cpu"):
         predictor = Predictor(model, device=device, window_size=sizes["window"], stitch_device=where)
         seconds, prediction = timed(lambda p=predictor: p.predict(image), args.repeats, device)
-        entry[where] = {
-            "seconds": round(seconds, 3),
-            "stitch_device": prediction.to_report()["window"]["stitch_device"],
-        }
+        stitched_on = prediction.to_report()["window"]["stitch_device"]
+        entry[where] = {"seconds": round(seconds, 3), "stitch_device": stitched_on}
+        labels[where] = sitk.GetArrayFromImage(prediction.segmentation)
+    entry["segmentation_equal_fraction"] = float((labels["same"] == labels["cpu"]).mean())
     document["stitch"] = entry
     save()
 
@@ -211,8 +212,8 @@ def render(document: dict) -> str:
     entry = document.get("stitch")
     if entry:
         lines += ["## Stitching device", "", "| blended heads on | seconds |", "|---|---|"]
-        lines += [f"| {v['stitch_device']} ({k}) | {v['seconds']} |" for k, v in entry.items()]
-        lines.append("")
+        lines += [f"| {entry[k]['stitch_device']} ({k}) | {entry[k]['seconds']} |" for k in ("same", "cpu")]
+        lines += ["", f"Equal label voxels between the two: {entry['segmentation_equal_fraction']:.6f}", ""]
     return "\n".join(lines)
 
 

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from .sharding import RankRun
 
     conditions = len(runner.conditions_for(settings.shifts, settings.severities))
-    ranks = RankRun(args.device)
+    ranks = RankRun.start(args.device)
     settings.device = ranks.device_request
     if ranks.is_main:
         print(

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     names = _case_names(inputs)
     if len(inputs) > 1 and not args.overwrite and not _summary_replaceable(summary_path, names):
         raise InputError(f"{summary_path}: already exists (use --overwrite to replace it)")
-    ranks = RankRun(args.device)
+    ranks = RankRun.start(args.device)
     try:
         predictor = Predictor(
             args.model,

@@ -1,7 +1,7 @@
 """One command, many ranks: ``segment`` and ``evaluate`` under ``torchrun --nproc_per_node N [--nnodes M]``.
 
 ``torchrun`` sets RANK, WORLD_SIZE and LOCAL_RANK. Without them a command runs as one process and
-:class:`RankRun` changes nothing. With them, the process group is the training one
+:class:`RankRun` only resolves the device. With them, the process group is the training one
 (:mod:`LayerEnsemblesLib.training.distributed`: nccl with one GPU per rank, gloo on the CPU); rank 0
 sizes the cases from their headers and every rank takes the share :func:`manifest.balance` gives
 it; at the end the ranks' results are gathered so that rank 0 writes the one merged summary.
@@ -15,6 +15,7 @@ cases and completes the rest.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import first_line
+from ..training import distributed
 from .manifest import balance, voxel_count
 
 # Fault injection for the tests only: "RANK:N" makes that rank kill itself (SIGKILL) after N cases.
@@ -35,42 +37,25 @@ class RunInterrupted(BaseException):
     """A rank stopped or this one was told to stop; a BaseException so per-case handlers let it through."""
 
 
-class RankRun:
-    """This process's place in a (possibly) distributed run; a no-op for a single process."""
+class RankRun(distributed.DistributedContext):
+    """This process's place in a (possibly) distributed run; the helpers are no-ops for one process."""
 
-    def __init__(self, device_request: str) -> None:
-        self.device_request = device_request
-        self.context = None
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from ..training import distributed
-
-            self.context = distributed.setup(device_request)
-            self.device_request = str(self.context.device)
+    @classmethod
+    def start(cls, device_request: str) -> RankRun:
+        """Join torchrun's process group when there is one; resolve the device (``cuda:LOCAL_RANK``)."""
+        context = distributed.setup(device_request)
+        return cls(**{f.name: getattr(context, f.name) for f in dataclasses.fields(context)})
 
     @property
-    def rank(self) -> int:
-        return self.context.rank if self.context else 0
-
-    @property
-    def world_size(self) -> int:
-        return self.context.world_size if self.context else 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    def device_request(self) -> str:
+        return str(self.device)
 
     def split(self, paths: Sequence[Path], sizes: Callable[[Path], int] = voxel_count) -> list[int]:
         """Indices of ``paths`` this rank handles, balanced by voxel count (all of them when alone)."""
         if not self.distributed:
             return list(range(len(paths)))
-        from ..training import distributed
-
         weights = [sizes(Path(p)) for p in paths] if self.is_main else None
-        weights = distributed.broadcast_object(weights, self.context)
+        weights = distributed.broadcast_object(weights, self)
         return balance(weights, self.world_size)[self.rank]
 
     def gather(self, items: list[Any]) -> list[Any]:
@@ -87,10 +72,7 @@ class RankRun:
         return [item for part in holder for item in part]
 
     def finish(self) -> None:
-        if self.context is not None:
-            from ..training import distributed
-
-            distributed.cleanup(self.context)
+        distributed.cleanup(self)
 
     def after_case(self, done: int) -> None:
         """The tests' fault-injection point: a real SIGKILL of this rank, as a crash would do."""

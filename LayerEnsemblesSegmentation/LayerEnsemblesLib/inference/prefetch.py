@@ -33,7 +33,7 @@ def prefetched(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
 
         def refill() -> None:
-            while len(pending) < ahead + 1:
+            while len(pending) < ahead:
                 try:
                     item = next(iterator)
                 except StopIteration:
