@@ -133,7 +133,7 @@ def test_a_rerun_finishes_only_the_missing_cases(archive, tiny_model_file, singl
     _, paths = archive
     out = tmp_path / "out"
     shutil.copytree(single_run, out)
-    (out / "summary.csv").unlink()
+    (out / "summary.csv").write_text("rank,case\n1,scan0\n2,scan2\n")  # an earlier run over some of them
     (out / "scan3_report.json").unlink()  # scan3 was cut short after writing its segmentation
     (out / "scan1_seg.nii.gz").unlink()
     (out / "scan1_agreement.nii.gz").unlink()
