@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
+from cli_runner import run_cli
 from conftest import make_tiny_model
-from engine_models import run_cli
 from LayerEnsemblesLib.commands.manifest import balance, voxel_count
 from synthetic_dataset import write_synthetic_dataset
 from test_segment_archive import _torchrun

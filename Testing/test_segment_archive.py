@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import MODULE_DIR
-from engine_models import error_lines, run_cli
+from cli_runner import cli_environment, run_cli
+from engine_models import error_lines
 from LayerEnsemblesLib.commands.manifest import balance, read_manifest, voxel_count
 from LayerEnsemblesLib.commands.sharding import FAULT_ENVIRONMENT, INCOMPLETE_EXIT_CODE
 from LayerEnsemblesLib.errors import InputError
@@ -45,7 +45,7 @@ def _segment_args(model, out, *inputs, extra=()):
 
 
 def _torchrun(arguments, fault: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(MODULE_DIR), "OMP_NUM_THREADS": "1"}
+    env = cli_environment(OMP_NUM_THREADS="1")  # this checkout first, as every CLI test
     env.pop(FAULT_ENVIRONMENT, None)
     if fault:
         env[FAULT_ENVIRONMENT] = fault
