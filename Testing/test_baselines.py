@@ -78,7 +78,7 @@ def test_mc_dropout_keeps_dropout_in_the_archive(tiny_model_file, tmp_path):
     x = _input(2)
     with torch.no_grad():
         (deterministic,) = module(x)
-        torch.testing.assert_close(deterministic, network(x)[-1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(deterministic, network.eval()(x)[-1], atol=1e-5, rtol=1e-5)
         for submodule in module.modules():  # what the engine does: dropout on, everything else as in eval
             if "Dropout" in getattr(submodule, "original_name", ""):
                 submodule.train()

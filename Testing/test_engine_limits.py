@@ -53,9 +53,8 @@ def classes_with(values):
 
 @pytest.mark.parametrize("values", [[0, 1, 256], [0, 300, 2], [0, -1, 2], [0, 1, 70000]])
 def test_class_values_outside_0_to_255_are_refused(tmp_path, values):
-    model = make_tiny_model(tmp_path / "model.pt", classes=classes_with(values))
-    with pytest.raises(InputError, match=r"class values must be in 0\.\.255"):
-        Predictor(model, device="cpu")
+    with pytest.raises(InputError, match=r"0\.\.255"):  # at export (the contract) or at load at the latest
+        Predictor(make_tiny_model(tmp_path / "model.pt", classes=classes_with(values)), device="cpu")
 
 
 def test_class_value_255_is_accepted_and_written_as_255(tmp_path):

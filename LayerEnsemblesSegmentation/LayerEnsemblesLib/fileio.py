@@ -107,7 +107,7 @@ def _stage(target: Path, output: Output) -> Path:
             prefix=f".{target.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=target.parent
         )
     except OSError as error:
-        raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+        raise InputError(f"{error.filename or target.parent}: {error.strerror or error}") from None
     os.close(handle)
     temporary = Path(name)
     try:
@@ -119,7 +119,7 @@ def _stage(target: Path, output: Output) -> Path:
         reason = _write_failure_reason(target.parent, error)
         temporary.unlink(missing_ok=True)
         raise InputError(f"{target}: not written, {reason}; nothing of this set was replaced") from None
-    except BaseException:  # Ctrl-C or SIGTERM mid-write: no temporary is left behind
+    except BaseException:  # an interrupt or SIGTERM mid-write: no temporary file is left behind
         temporary.unlink(missing_ok=True)
         raise
     return temporary
