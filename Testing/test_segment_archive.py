@@ -61,6 +61,7 @@ def _reports(out) -> dict[str, dict]:
         report = json.loads(path.read_text())
         report.pop("timings"), report.pop("device_report", None)
         report["outputs"] = {k: os.path.basename(v) for k, v in report["outputs"].items()}  # another folder
+        report["report"] = os.path.basename(report["report"])
         reports[path.name] = report
     return reports
 
