@@ -112,9 +112,9 @@ def test_per_channel_normalisation_is_applied_channel_by_channel():
 @pytest.mark.parametrize(
     "normalization, message",
     [
-        ({"method": "per_channel", "channels": [{"method": "zscore"}]}, "list of 2"),
+        ({"method": "per_channel", "channels": [{"method": "zscore"}]}, "one normalization per input"),
         ({"method": "per_channel", "channels": [{"method": "zscore"}, {"method": "gamma"}]}, "must be one"),
-        ({"method": "clip_zscore", "lower": 0, "upper": 1, "mean": 0}, "needs numbers"),
+        ({"method": "clip_zscore", "lower": 0, "upper": 1, "mean": 0}, "needs finite numbers"),
     ],
 )
 def test_bad_normalisations_are_refused(normalization, message):

@@ -372,7 +372,7 @@ def test_an_os_error_is_one_line_with_exit_2(tmp_path, tiny_model_file):
         "calibrate", "--model", tiny_model_file, "--from-csv", path, "--target-dice", "0.8",
         "--sensitivity", "0.9", "--out", blocker / "model.pt",
     )  # fmt: skip
-    _one_error_line(result, f"{blocker / 'model.pt'}: cannot write (File exists)")
+    _one_error_line(result, f"{blocker / 'model.pt'}: cannot write (File exists: {blocker})")
 
 
 def test_a_bug_is_one_line_with_exit_1_and_the_traceback_on_request(tiny_model_file, capsys, monkeypatch):

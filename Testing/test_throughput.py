@@ -57,7 +57,7 @@ def test_batches_of_windows_for_a_2d_model(tiny_model_file_2d):
 
 
 def test_out_of_memory_halves_the_batch_before_the_window(tmp_path):
-    path = export_intensity_model(tmp_path / "oom.pt", oom_above_voxels=5000)  # one 16^3 window fits
+    path = export_intensity_model(tmp_path / "oom.pt", oom_above_voxels=20**3)  # one 16^3 window fits
     image, _ = sphere_image(size=(32, 32, 32))
     reference = Predictor(export_intensity_model(tmp_path / "ok.pt"), device="cpu").predict(image)
     with warnings.catch_warnings(record=True) as caught:

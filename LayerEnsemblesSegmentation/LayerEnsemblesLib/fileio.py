@@ -107,7 +107,9 @@ def _stage(target: Path, output: Output) -> Path:
             prefix=f".{target.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=target.parent
         )
     except OSError as error:
-        raise InputError(f"{error.filename or target.parent}: {error.strerror or error}") from None
+        # the output is named first; the path the OS refused (a file where a folder must go) after the reason
+        culprit = f": {error.filename}" if error.filename and str(error.filename) != str(target) else ""
+        raise InputError(f"{target}: cannot write ({error.strerror or error}{culprit})") from None
     os.close(handle)
     temporary = Path(name)
     try:
