@@ -224,6 +224,7 @@ class ReviewController(ReviewActions):
         if not bundle.is_file():
             raise InputError(f"{bundle}: no such results bundle")
         prediction = load_bundle(bundle, device="cpu")
+        self._check_bundle_model(bundle, prediction.model_identity)
         case_input = self._helper.case_from_volume(volume_node, None)
         _, reference, crop_index = load_case_image(case_input)
         _check_same_grid(bundle, prediction.session.reference, reference)
@@ -249,6 +250,20 @@ class ReviewController(ReviewActions):
             self.open_case(self.state.cases.index(case))
         self._changed(f"{case.name}: taken from its results bundle (no network pass)")
         return True
+
+    def _check_bundle_model(self, bundle: Path, identity: dict) -> None:
+        """With a model loaded, only its own results are taken up (a restart with another model segments
+        the cases again rather than showing the old model's results as the new one's)."""
+        from ..inference.identity import model_sha256
+
+        model = self.state.model
+        if model is None or not identity.get("sha256"):
+            return
+        if identity["sha256"] != model_sha256(model.path):
+            raise InputError(
+                f"{bundle}: made with another model ({identity.get('name') or 'unknown'}) than the loaded "
+                f"{model.name}"
+            )
 
     def poll(self) -> bool:
         """Apply what the child reported since the last call (main thread); True while a run goes on.
