@@ -79,7 +79,9 @@ def test_a_segment_output_is_taken_up_without_the_network(review, segmented, nam
     assert segmentation.GetAttribute(BUNDLE_ATTRIBUTE) == case.bundle_path == report["bundle"]
     cli_labels = sitk.GetArrayFromImage(read_image(report["outputs"]["segmentation"]))
     assert np.array_equal(_labels(context, case), cli_labels)
-    assert controller.worklist_table_id() is not None  # the same worklist a batch fills
+    table = context.node(controller.worklist_table_id()).GetTable()  # the same worklist a batch fills
+    cell = table.GetValueByName(0, "estimated Dice").ToString()
+    assert cell == (case.estimated_dice_text.removeprefix("estimated Dice ") if name == "calibrated" else "—")
     # the estimated Dice is the CLI's, and says so when the model has no calibration
     assert case.estimated_dice_text == report["estimated_dice_text"]
     if name == "calibrated":
