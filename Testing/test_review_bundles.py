@@ -113,7 +113,25 @@ def test_a_bad_bundle_is_one_line_and_leaves_the_scene_alone(review, segmented, 
     nodes = context.scene.GetNumberOfNodes()
     assert not controller.add_from_bundle(other, runs["plain"][2]["bundle"])
     assert "another image grid" in errors[-1] and "\n" not in errors[-1]
+    # with a model loaded, only that model file's results are taken up (a restart with another model)
+    assert controller.load_model(runs["plain"][0])
+    assert not controller.add_from_bundle(volume, runs["calibrated"][2]["bundle"])
+    assert "made with another model" in errors[-1] and "\n" not in errors[-1]
     assert context.scene.GetNumberOfNodes() == nodes and controller.state.cases == []
+
+
+def test_the_same_model_file_elsewhere_still_recombines_the_case(review, segmented, tmp_path):
+    context, controller, errors = review
+    image_path, runs = segmented
+    model, _, report = runs["plain"]
+    copy = tmp_path / "copied.pt"
+    copy.write_bytes(model.read_bytes())
+    assert controller.load_model(copy)
+    volume = add_volume_from_image(context.scene, read_image(image_path), "case")
+    assert controller.add_from_bundle(volume, report["bundle"]), errors
+    assert controller.set_kept_heads(3, 6), errors
+    assert controller.state.current_case.kept_heads == (3, 6)
+    assert controller.state.current_case.score != pytest.approx(report["score"])
 
 
 def test_a_case_segmented_in_the_child_carries_its_estimated_dice(segmented, tmp_path):

@@ -238,7 +238,9 @@ class ReviewController(ReviewActions):
             raise
         batch.finish()
         segmentation = self.context.node(result.segmentation_id)
-        model_path = prediction.model_identity.get("path") or ""
+        # The loaded model made it (checked above by SHA-256): name that file, so the sliders recombine it.
+        loaded = self.state.model
+        model_path = loaded.path if loaded is not None else prediction.model_identity.get("path") or ""
         scene_cases.store_run_references(
             segmentation, str(bundle), stored_model_path(model_path) if model_path else "", crop_index
         )
