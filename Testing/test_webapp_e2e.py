@@ -385,6 +385,22 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
     assert read_review(server.out)[name]["reviewer_decision"] == "corrected"
     assert "corrected" in page.inner_text("#le-badge")
     save_screenshot(page, "webapp_correction.png")
+    # Erase over the painted stroke, then undo: the views show the erase, then the painted mask again.
+    page.click("#le-correct")
+    page.wait_for_selector("#le-erase")
+    page.click("#le-erase")
+    wait_until(lambda: state(page, "le_tool") == "erase", 10, message="erase tool chosen")
+    painted = wait_frame_stable(page, AXIAL)
+    paint_stroke(page)
+    erased = wait_frame_change(page, AXIAL, painted)
+    erased = wait_frame_stable(page, AXIAL)
+    assert coloured_pixels(erased, ANTERIOR) + coloured_pixels(erased, POSTERIOR) < coloured_pixels(
+        painted, ANTERIOR
+    ) + coloured_pixels(painted, POSTERIOR)
+    page.click("#le-undo")
+    wait_frame_change(page, AXIAL, erased)
+    undone = wait_frame_stable(page, AXIAL)
+    assert np.abs(undone.astype(int) - painted).mean() < np.abs(erased.astype(int) - painted).mean()
     before = read_review(server.out)
 
     server.kill()
