@@ -9,7 +9,7 @@ from cli_runner import imports_this_checkout
 
 TESTING = Path(__file__).resolve().parent
 # torchrun starts the CLI itself (test_ddp); it gets the same environment from cli_runner
-LAUNCHERS = {"cli_runner.py", "test_ddp.py", "test_cli_runner.py"}
+LAUNCHERS = {"cli_runner.py", "test_ddp.py", "test_cli_runner.py", "test_segment_archive.py"}  # torchrun -m
 
 
 def test_the_cli_subprocess_imports_this_checkout():
@@ -26,3 +26,4 @@ def test_no_test_starts_the_cli_on_its_own():
     ]
     assert offenders == []
     assert "cli_environment()" in (TESTING / "test_ddp.py").read_text(encoding="utf-8")
+    assert "cli_environment(" in (TESTING / "test_segment_archive.py").read_text(encoding="utf-8")

@@ -222,7 +222,7 @@ def test_a_dicom_series_folder_is_one_case(tmp_path, intensity_model):
     assert sitk.GetArrayFromImage(segmentation).sum() > 100
 
 
-def test_existing_outputs_need_overwrite(tmp_path, intensity_model):
+def test_a_finished_case_is_skipped_and_overwrite_replaces_it(tmp_path, intensity_model):
     image, _ = sphere_image()
     source = tmp_path / "case.nii.gz"
     sitk.WriteImage(image, str(source))
@@ -230,13 +230,10 @@ def test_existing_outputs_need_overwrite(tmp_path, intensity_model):
     assert run_cli("segment", source, "--model", intensity_model, "--out", out, "--quiet").returncode == 0
     report = out / "case_report.json"
     before = report.read_bytes()
-    result = run_cli(
-        "segment", source, "--model", intensity_model, "--out", out, "--quiet", "--threshold", "0.1"
-    )
-    assert result.returncode == 2
-    errors = error_lines(result.stderr)
-    assert len(errors) == 1 and "case_seg.nii.gz: already exists" in errors[0] and "--overwrite" in errors[0]
-    assert report.read_bytes() == before
+    result = run_cli("segment", source, "--model", intensity_model, "--out", out, "--threshold", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert "case: done earlier" in result.stderr and not error_lines(result.stderr)
+    assert report.read_bytes() == before  # the finished case was not recomputed
     result = run_cli(
         "segment",
         source,

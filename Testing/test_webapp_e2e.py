@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from cli_runner import run_cli
 from webapp_support import (
     DEMO_MODEL,
-    MODULE_DIR,
     ReviewServer,
     browser_missing_reason,
     copy_cases,
@@ -226,27 +224,11 @@ def test_threshold_slider_past_the_aula_flips_the_decision(page, server):
 
 def cli_score(image: Path, first: int, last: int, out: Path) -> float:
     """Normalised AULA of the ``segment`` command with the same kept heads (1-based inclusive)."""
-    environment = dict(os.environ, PYTHONPATH=str(MODULE_DIR))
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "LayerEnsemblesLib.cli",
-            "segment",
-            str(image),
-            "--model",
-            str(DEMO_MODEL),
-            "--out",
-            str(out),
-            "--heads",
-            f"{first - 1}:{last}",
-            "--quiet",
-        ],
-        check=True,
-        env=environment,
-        capture_output=True,
+    completed = run_cli(
+        "segment", image, "--model", DEMO_MODEL, "--out", out, "--heads", f"{first - 1}:{last}", "--quiet",
         timeout=300,
-    )
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
     report = json.loads(next(out.glob("*_report.json")).read_text())
     return float(report["score"])
 

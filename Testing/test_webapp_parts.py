@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import MODULE_DIR
+from cli_runner import run_cli as run_checkout_cli
 from LayerEnsemblesLib.contract import default_classes
 from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.review.inputs import review_inputs
@@ -125,14 +123,7 @@ def test_token_middleware_guards_every_request_and_sets_the_cookie():
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, PYTHONPATH=str(MODULE_DIR))
-    return subprocess.run(
-        [sys.executable, "-m", "LayerEnsemblesLib.cli", "review", *arguments],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=120,
-    )
+    return run_checkout_cli("review", *arguments, timeout=120)
 
 
 def test_review_command_refuses_a_network_host_without_the_flag_and_missing_inputs(tmp_path):

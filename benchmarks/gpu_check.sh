@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh                       # on the GPU machine: results into $OUT
 #   OUT=/tmp/x bash benchmarks/gpu_check.sh --device cpu --quick   # its CPU path, as a smoke run here
 #
-# Steps (each under its own timeout; together well under 8 minutes):
+# Steps (each under its own timeout; together under 10 minutes, the device tool's limit per command):
 #   1. Python: the first of $PYTHON, .venv/bin/python (a venv carried along), python3 that imports torch.
 #      Nothing is downloaded. If torch is missing everywhere, it tries `pip install -c constraints-cpu.txt
 #      -e .` (works only where a package registry is reachable; a GPU machine has none, so bring torch).
@@ -19,9 +19,16 @@
 #      strict fp32 (cuDNN TF32 off), one-window and sliding-window cases, also after recombination.
 #   3. Testing/benchmarks/run_benchmark.py --device cuda: every method and size with CUDA events and
 #      torch.cuda.max_memory_allocated, bounded by --time-budget so that step 3 ends by itself.
+#   4. Testing/benchmarks/run_throughput.py --device cuda (issue 15): hippocampus cases/s and a
+#      160x192x160 volume at 1, 4 and 16 windows per pass; a 256x256x160 file to segmentation, maps
+#      and report (target <= 1.5 s); bf16 autocast against fp32 (time and equality); blending on the
+#      GPU against the CPU.
+#   5. Two ranks on torchrun over 8 hippocampus cases when the machine has two GPUs (skipped otherwise):
+#      summary.csv equal to one process's.
 # Output in $OUT (default benchmarks/gpu): check.json, check.md, check.log, results.json, results.md,
-# benchmark.log. Copy them into benchmarks/gpu/ and commit. Exit status: 0 all good, 1 the check
-# failed (the benchmark still ran), 3 no usable Python.
+# benchmark.log, throughput.json, throughput.md, throughput.log (and ranks.log). Copy them into
+# benchmarks/gpu/ and commit. Exit status: 0 all good, 1 the check failed (the benchmarks still ran),
+# 3 no usable Python.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,8 +71,22 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 status=0
 timeout 150 "$PY" Testing/benchmarks/check_device.py --device "$DEVICE" --out "$OUT" "${EXTRA[@]}" 2>&1 \
     | tee "$OUT/check.log" || status=1
-timeout 330 "$PY" Testing/benchmarks/run_benchmark.py --device "$DEVICE" --out "$OUT" --time-budget 270 \
+timeout 270 "$PY" Testing/benchmarks/run_benchmark.py --device "$DEVICE" --out "$OUT" --time-budget 220 \
     "${EXTRA[@]}" 2>&1 | tee "$OUT/benchmark.log"
 bench=$?
 [ "$bench" -ne 0 ] && echo "benchmark exited with $bench (see $OUT/benchmark.log)" >&2
+timeout 120 "$PY" Testing/benchmarks/run_throughput.py --device "$DEVICE" --out "$OUT" "${EXTRA[@]}" 2>&1 \
+    | tee "$OUT/throughput.log"
+if [ "$DEVICE" = cuda ] && [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+    cases=$(ls ../shared/data/Task04_Hippocampus_dev/imagesTr/*.nii.gz 2>/dev/null | head -8)
+    if [ -n "$cases" ]; then
+        model=LayerEnsemblesSegmentation/Resources/Models/hippocampus_le3d.pt
+        ranks_dir=$(mktemp -d)
+        { timeout 50 "$PY" -m LayerEnsemblesLib.cli segment $cases --model "$model" --out "$ranks_dir/one" --quiet \
+          && timeout 50 "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 -m LayerEnsemblesLib.cli \
+             segment $cases --model "$model" --out "$ranks_dir/two" --quiet \
+          && cmp "$ranks_dir/one/summary.csv" "$ranks_dir/two/summary.csv" && echo "2 GPU ranks: summary equal"; } \
+          2>&1 | tee "$OUT/ranks.log"
+    fi
+fi
 exit "$status"

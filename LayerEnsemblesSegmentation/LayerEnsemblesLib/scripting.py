@@ -53,7 +53,9 @@ def archive_bytes(
 ) -> bytes:
     """The checked archive's bytes; the caller's ``model`` is left in its mode and on its device."""
     trace = bool(getattr(model, "export_by_tracing", False)) if trace is None else trace
-    was_training = model.training
+    # each submodule's own mode: a wrapper made for export (train mode by default) must not switch the
+    # caller's network, which it holds, into train mode on the way out
+    modes = [(module, module.training) for module in model.modules()]
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
@@ -68,7 +70,8 @@ def archive_bytes(
             for example in inputs:
                 _compare(model(example), archive(example), num_heads, tuple(example.shape[2:]), source)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     return buffer.getvalue()
 
 

@@ -139,23 +139,38 @@ def run(args: argparse.Namespace) -> int:
         cost_probe=not args.no_cost_probe,
         pair_curves=args.pair_curves,
     )
+    from .sharding import RankRun
+
     conditions = len(runner.conditions_for(settings.shifts, settings.severities))
-    print(
-        f"evaluating {len(methods)} method(s) on {len(cases)} case(s) × {conditions} condition(s) from "
-        f"{description}",
-        file=sys.stderr,
-    )
-    runner.run_evaluation(
-        methods,
-        cases,
-        settings,
-        args.out,
-        dataset=description,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.no_progress,
-        log=lambda message: print(message, file=sys.stderr),
-    )
+    ranks = RankRun.start(args.device)
+    settings.device = ranks.device_request
+    if ranks.is_main:
+        print(
+            f"evaluating {len(methods)} method(s) on {len(cases)} case(s) × {conditions} condition(s) from "
+            f"{description}" + (f" on {ranks.world_size} ranks" if ranks.distributed else ""),
+            file=sys.stderr,
+        )
+    try:
+        with ranks.guard(
+            lambda: runner.unfinished_cases(args.out, methods, cases, settings),
+            rerun="rerun the same command with --resume",
+        ):
+            runner.run_evaluation(
+                methods,
+                cases,
+                settings,
+                args.out,
+                dataset=description,
+                overwrite=args.overwrite,
+                resume=args.resume,
+                progress=not args.no_progress,
+                log=lambda message: print(message, file=sys.stderr),
+                rank_run=ranks,
+            )
+    finally:
+        ranks.finish()
+    if not ranks.is_main:
+        return 0
     written = report.build_report(args.out)
     print(f"wrote {args.out}/{runner.CASES_FILE} and {', '.join(p.name for p in written)}")
     failed = [r for r in runner.read_csv(Path(args.out) / runner.CASES_FILE) if runner.is_failed_row(r)]

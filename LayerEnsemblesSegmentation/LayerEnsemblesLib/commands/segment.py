@@ -17,6 +17,11 @@ everything else (NIfTI, DICOM, ...) ``.nii.gz``; ``--format`` overrides it. With
 review) first, with the estimated Dice beside it (empty, and the reason in ``estimated_dice_text``,
 without a quality map), and failed cases last. A failing case prints one error line and the others
 still run; the exit code is 2 when any case failed.
+
+Reruns: a case whose report exists is skipped and listed with the scores of that report (unless
+``--overwrite``), so rerunning an interrupted command finishes only the missing cases. Archives:
+``--cases-from`` reads the inputs from a file, and under ``torchrun`` the cases are shared among the
+ranks (:mod:`.sharding`); rank 0 writes the one summary, the same as a single process would.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import math
 import sys
 import time
@@ -65,9 +71,15 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="image files SimpleITK reads (NIfTI, NRRD, MHA, ...) or DICOM series folders",
+    )
+    parser.add_argument(
+        "--cases-from",
+        metavar="FILE[:COLUMN]",
+        help="read the inputs from FILE, one path a line, or from COLUMN of a CSV file (relative paths "
+        "are relative to FILE's folder); added after any INPUT given",
     )
     parser.add_argument("--model", required=True, help="a model file written by `layer-ensembles export`")
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
@@ -108,6 +120,19 @@ def add_parser(subparsers) -> None:
         help="sliding-window size in network voxels (default: the model's patch size)",
     )
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap fraction (default 0.5)")
+    parser.add_argument(
+        "--batch-windows",
+        type=int,
+        default=1,
+        metavar="B",
+        help="sliding windows per forward pass (default 1; more is faster on a GPU, same result)",
+    )
+    parser.add_argument(
+        "--stitch-device",
+        default="auto",
+        help="where the windows are blended: auto (the compute device, or the CPU when the GPU is "
+        "short of memory), same, cpu, cuda or cuda:N",
+    )
     parser.add_argument(
         "--memory-budget",
         type=float,
@@ -172,69 +197,133 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, events) -> int:
     from ..inference import Predictor
     from ..inference.results import resolve_head_range, resolve_threshold
+    from .manifest import read_manifest
+    from .sharding import RankRun
 
     out = Path(args.out)
-    inputs = [Path(p) for p in args.inputs]
+    inputs = [Path(p) for p in args.inputs] + (read_manifest(args.cases_from) if args.cases_from else [])
+    if not inputs:
+        raise InputError("no inputs: give INPUT files or folders, or --cases-from FILE")
     summary_path = out / SUMMARY_NAME
-    predictor = Predictor(
-        args.model,
-        device=args.device,
-        window_size=args.window,
-        overlap=args.overlap,
-        memory_budget_gb=args.memory_budget,
-        mixed_precision=args.mixed_precision,
-        head_precision=args.head_precision,
-        allow_large=args.allow_large,
-    )
-    # argument problems are the same for every case: report them once, before any work
-    resolve_head_range(
-        len(predictor.member_names), predictor.metadata.skip_heads, args.skip_heads, args.heads, args.model
-    )
-    resolve_threshold(args.threshold, predictor.metadata, args.model)
-    check_output_folder(out)  # before any case: an unwritable --out must not cost any inference
-    if len(inputs) > 1:
-        check_targets([summary_path], args.overwrite)
-
-    progress = events or _Progress(len(inputs), enabled=not args.quiet)
-    progress.started(args.model, str(predictor.device))
-    rows: list[dict[str, Any]] = []
     names = _case_names(inputs)
-    failures = bugs = 0  # bad input exits 2; an unexpected error (a bug) exits 1
-    for path, case in zip(inputs, names, strict=False):
+    if len(inputs) > 1 and not args.overwrite and not _summary_replaceable(summary_path, names):
+        raise InputError(f"{summary_path}: already exists (use --overwrite to replace it)")
+    ranks = RankRun.start(args.device)
+    try:
+        predictor = Predictor(
+            args.model,
+            device=ranks.device_request,
+            window_size=args.window,
+            overlap=args.overlap,
+            memory_budget_gb=args.memory_budget,
+            mixed_precision=args.mixed_precision,
+            head_precision=args.head_precision,
+            allow_large=args.allow_large,
+            batch_windows=args.batch_windows,
+            stitch_device=args.stitch_device,
+        )
+        # argument problems are the same for every case: report them once, before any work
+        metadata = predictor.metadata
+        resolve_head_range(
+            len(predictor.member_names), metadata.skip_heads, args.skip_heads, args.heads, args.model
+        )
+        resolve_threshold(args.threshold, metadata, args.model)
+        check_output_folder(out)  # before any case: an unwritable --out must not cost any inference
+        replace_summary = args.overwrite or summary_path.exists()  # checked above: a rerun of these cases
+        if len(inputs) > 1:
+            check_targets([summary_path], replace_summary)
+        progress = events or _Progress(len(inputs), enabled=not args.quiet and ranks.is_main)
+        progress.started(args.model, str(predictor.device))
+        mine = ranks.split(inputs)
+
+        def unfinished() -> list[str]:
+            return [n or p.name for p, n in zip(inputs, names, strict=True) if not _done(out, n)]
+
+        with ranks.guard(unfinished):
+            rows = _run_cases(predictor, [(inputs[i], names[i]) for i in mine], out, args, ranks, progress)
+            rows = ranks.gather(rows)
+        bugs = sum(1 for row in rows if row.pop("bug", False))  # bad input exits 2; a bug exits 1
+        failures = sum(1 for row in rows if row["status"] != "ok")
+        if len(inputs) > 1 and ranks.is_main:
+            atomic_write_text(summary_path, _summary_csv(rows, metadata), overwrite=replace_summary)
+        progress.finished(len(rows) - failures, failures, summary_path if len(inputs) > 1 else None)
+    finally:
+        ranks.finish()
+    return 1 if bugs else 2 if failures else 0
+
+
+def _run_cases(predictor, cases: list, out: Path, args: argparse.Namespace, ranks, progress) -> list[dict]:
+    """This rank's cases: finished ones from their reports, the others computed (reading ahead)."""
+    from ..inference.prefetch import prefetched
+
+    rows: list[dict[str, Any]] = []
+    todo = []
+    for path, case in cases:
+        if case is not None and not args.overwrite and _done(out, case):
+            rows.append(_skipped_row(path, case, out, progress))
+            progress.case_done()
+        else:
+            todo.append((path, case))
+    computed = 0
+    ahead = 1 if len(todo) > 1 else 0
+    for (path, case), load in prefetched(todo, lambda item: read_image(item[0]), ahead):
         try:
             if case is None:
                 raise InputError(f"{path}: gives the same case name as an earlier input; rename one of them")
-            report = _segment_case(predictor, path, case, out, args, progress)
+            report = _segment_case(predictor, path, case, out, args, progress, load)
             rows.append(_summary_row(case, path, report))
             progress.case_result(case, path, report)
         except InputError as error:
-            failures += 1
             progress.case_failed(case or path.name, path, str(error))
-            rows.append(
-                {"case": case or path.name, "input": str(path), "status": "failed", "error": str(error)}
-            )
+            rows.append(_failed_row(path, case, str(error)))
         except Exception as error:  # noqa: BLE001 - one broken case must not stop the others
             if args.debug:
                 raise
-            failures += 1
-            bugs += not isinstance(error, (OSError, MemoryError))  # a full disk is not a bug
             progress.case_failed(
                 case or path.name, path, f"{path}: {type(error).__name__}: {first_line(error)}"
             )
-            rows.append(
-                {
-                    "case": case or path.name,
-                    "input": str(path),
-                    "status": "failed",
-                    "error": f"{type(error).__name__}: {error}",
-                }
-            )
+            rows.append(_failed_row(path, case, f"{type(error).__name__}: {error}"))
+            rows[-1]["bug"] = not isinstance(error, (OSError, MemoryError))  # a full disk is not a bug
         progress.case_done()
+        computed += 1
+        ranks.after_case(computed)
     progress.close()
-    if len(inputs) > 1:
-        atomic_write_text(summary_path, _summary_csv(rows, predictor.metadata), overwrite=args.overwrite)
-    progress.finished(len(inputs) - failures, failures, summary_path if len(inputs) > 1 else None)
-    return 1 if bugs else 2 if failures else 0
+    return rows
+
+
+def _done(out: Path, case: str | None) -> bool:
+    """A case is finished when its report exists: the report is written last."""
+    return case is not None and (out / f"{case}_report.json").is_file()
+
+
+def _skipped_row(path: Path, case: str, out: Path, progress) -> dict[str, Any]:
+    report_path = out / f"{case}_report.json"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        row = _summary_row(case, path, report)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        message = f"{report_path}: unreadable report of an earlier run ({first_line(error)}); use --overwrite"
+        progress.error(message)
+        return _failed_row(path, case, message)
+    report.setdefault("report", str(report_path))
+    progress.case_skipped(case, path, report)
+    return row
+
+
+def _failed_row(path: Path, case: str | None, error: str) -> dict[str, Any]:
+    return {"case": case or path.name, "input": str(path), "status": "failed", "error": error}
+
+
+def _summary_replaceable(path: Path, names: list[str | None]) -> bool:
+    """No summary yet, or one of an earlier run over some of these cases (a rerun may refresh it)."""
+    if not path.exists():
+        return True
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            listed = {row["case"] for row in csv.DictReader(handle)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(listed) and listed <= {n for n in names if n is not None}
 
 
 def case_name(path: Path) -> str:
@@ -260,7 +349,9 @@ def output_extension(path: Path, choice: str) -> str:
     return ".nii.gz"
 
 
-def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Namespace, progress) -> dict:
+def _segment_case(
+    predictor, path: Path, case: str, out: Path, args: argparse.Namespace, progress, load=None
+) -> dict:
     from ..inference.bundle import BUNDLE_SUFFIX, bundle_output
 
     extension = output_extension(path, args.format)
@@ -272,10 +363,15 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
     if args.save_heads:
         targets["heads"] = out / f"{case}{BUNDLE_SUFFIX}"
     report_path = out / f"{case}_report.json"
-    check_targets([*targets.values(), report_path], args.overwrite)  # before this case's inference
+    # without a report, files under the case's names are an interrupted run's partial outputs
+    leftovers = [target.name for target in targets.values() if target.exists() and not target.is_dir()]
+    if leftovers and not args.overwrite:
+        progress.notice(f"{case}: replacing the partial outputs of an unfinished run: {', '.join(leftovers)}")
+    replace = args.overwrite or bool(leftovers)
+    check_targets([*targets.values(), report_path], replace)  # before this case's inference
     previous = previous_outputs(report_path, case) if args.overwrite else []
     start = time.perf_counter()
-    image = read_image(path)
+    image = read_image(path) if load is None else load()
     read_seconds = time.perf_counter() - start
     prediction = predictor.predict(
         image,
@@ -302,7 +398,7 @@ def _segment_case(predictor, path: Path, case: str, out: Path, args: argparse.Na
         for name, target in targets.items()
     ]
     outputs.append((report_path, _ReportOutput(report, write_start)))
-    write_outputs(outputs, overwrite=args.overwrite)
+    write_outputs(outputs, overwrite=replace)
     remove_stale(previous, targets.values())
     return report
 
@@ -447,6 +543,9 @@ class _Progress:
             f"{report['estimated_dice_text']})"
         )
 
+    def case_skipped(self, case: str, path: Path, report: dict) -> None:
+        self.write(f"{case}: done earlier, {report['decision']} (normalised AULA {_text(report['score'])})")
+
     def case_failed(self, case: str, path: Path, message: str) -> None:
         self.error(message)
 
@@ -467,7 +566,10 @@ class _Progress:
             print(line, file=sys.stderr)
 
     def error(self, message: str) -> None:
-        line = f"error: {message}"
+        self.notice(f"error: {message}")
+
+    def notice(self, line: str) -> None:
+        """A line shown even with --quiet: errors, and files about to be replaced."""
         if self._tqdm is not None:
             self._tqdm.write(line, file=sys.stderr)
         else:

@@ -90,6 +90,13 @@ class JsonEvents:
             estimated_dice_text=report.get("estimated_dice_text"),
         )
 
+    def case_skipped(self, case: str, path: Path, report: dict[str, Any]) -> None:
+        """A case finished by an earlier run reaches the listener like a fresh one."""
+        self.case_result(case, path, report)
+
+    def notice(self, line: str) -> None:
+        self.emit("warning", case=None, message=_one_line(line))
+
     def case_failed(self, case: str, path: Path, message: str) -> None:
         if self.case != case:  # failed before its first progress callback (e.g. duplicate case name)
             self.index += 1

@@ -9,7 +9,8 @@ The output folder holds what the report is built from, so the report can be rege
 - ``run.json``: the configuration (methods, dataset, shifts, thresholds, versions).
 
 The CSV files are rewritten atomically after each case, so an interrupted run leaves valid files
-and ``resume`` continues where it stopped.
+and ``resume`` continues where it stopped. Under ``torchrun`` the cases are shared among the ranks
+(see :mod:`.ranks`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..contract import ModelMetadata, read_metadata
 from ..errors import InputError, first_line
 from ..fileio import atomic_write_json, atomic_write_text, file_sha256, read_image
 from ..grids import check_same_grid
-from . import cost, metrics, scores, shifts
+from . import cost, metrics, ranks, scores, shifts
 from .tables import read_csv
 
 CASES_FILE = "cases.csv"
@@ -267,11 +268,16 @@ def run_evaluation(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    rank_run: Any = None,
 ) -> Path:
-    """Evaluate ``methods`` on ``cases`` under every condition; write the files described above."""
+    """Evaluate ``methods`` on ``cases`` under every condition; write the files described above.
+
+    ``rank_run`` (a :class:`~LayerEnsemblesLib.commands.sharding.RankRun`) shares the cases among
+    the ranks of a distributed run; rank 0 then writes the merged files.
+    """
     out = Path(out)
     cases_path, heads_path = out / CASES_FILE, out / HEADS_FILE
-    if cases_path.exists() and not (overwrite or resume):
+    if (cases_path.exists() or ranks.part_files(out, "cases")) and not (overwrite or resume):
         raise InputError(
             f"{out}: already holds an evaluation ({CASES_FILE}); use --resume to continue it, "
             "--overwrite to replace it, or --report-only to rebuild its report"
@@ -282,6 +288,11 @@ def run_evaluation(
         check_resume_models(out / RUN_FILE, methods)
     rows = read_csv(cases_path) if resume and cases_path.exists() else []
     head_rows = read_csv(heads_path) if resume and heads_path.exists() else []
+    if resume:  # rows that ranks of an interrupted distributed run finished
+        rows = _unique(rows + [r for path in ranks.part_files(out, "cases") for r in read_csv(path)])
+        head_rows = _unique(
+            head_rows + [r for path in ranks.part_files(out, "heads") for r in read_csv(path)]
+        )
     rows = [r for r in rows if not is_failed_row(r)]  # a failed case is tried again on resume
     done = {(r["method"], r["case"], r["condition"]) for r in rows}
     # a head curve belongs to a finished row; any other was written by a run cut short: redo it
@@ -292,53 +303,75 @@ def run_evaluation(
         raise InputError(f"--reference {reference}: not among the methods {[m.name for m in methods]}")
     classes = methods[0].metadata.classes
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(
-        out / RUN_FILE,
-        {
-            "methods": [
-                {
-                    "name": m.name,
-                    "path": str(m.path),
-                    "sha256": m.sha256,
-                    "kind": m.metadata.kind,
-                    "model_name": m.metadata.name,
-                    "heads": m.metadata.num_heads,
-                    "skip_heads": m.metadata.skip_heads,
-                    "decision_score": m.metadata.decision_score,
-                }
-                for m in methods
-            ],
-            "reference": reference,
-            "dataset": dataset,
-            "cases": [c.case_id for c in cases],
-            "classes": [{"name": c.name, "value": c.value} for c in classes],
-            "conditions": [c.name for c in conditions],
-            "shifts": settings.shifts,
-            "severities": settings.severities,
-            "seed": settings.seed,
-            "dice_threshold": settings.dice_threshold,
-            "qc_metric": settings.qc_metric,
-            "device": settings.device,
-            "library_version": __version__,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-        overwrite=True,
-    )
-
-    bar = _progress(len(cases) * len(conditions), progress)
+    rank = 0 if rank_run is None else rank_run.rank
+    distributed = rank_run is not None and rank_run.distributed
+    if rank == 0:
+        atomic_write_json(
+            out / RUN_FILE,
+            {
+                "methods": [
+                    {
+                        "name": m.name,
+                        "path": str(m.path),
+                        "sha256": m.sha256,
+                        "kind": m.metadata.kind,
+                        "model_name": m.metadata.name,
+                        "heads": m.metadata.num_heads,
+                        "skip_heads": m.metadata.skip_heads,
+                        "decision_score": m.metadata.decision_score,
+                    }
+                    for m in methods
+                ],
+                "reference": reference,
+                "dataset": dataset,
+                "cases": [c.case_id for c in cases],
+                "classes": [{"name": c.name, "value": c.value} for c in classes],
+                "conditions": [c.name for c in conditions],
+                "shifts": settings.shifts,
+                "severities": settings.severities,
+                "seed": settings.seed,
+                "dice_threshold": settings.dice_threshold,
+                "qc_metric": settings.qc_metric,
+                "device": settings.device,
+                "library_version": __version__,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            },
+            overwrite=True,
+        )
+    mine = [cases[i] for i in rank_run.split([c.image for c in cases])] if distributed else list(cases)
+    # one process rewrites the tables as it goes; each rank of a distributed run its own parts
+    if distributed:
+        tables = ranks.part_path(out, "cases", rank), ranks.part_path(out, "heads", rank)
+        written, written_heads = [], []
+    else:
+        tables, written, written_heads = (cases_path, heads_path), rows, head_rows
+    bar = _progress(len(mine) * len(conditions), progress and rank == 0)
     try:
-        for case_rows, case_head_rows in evaluate_cases(methods, cases, conditions, settings, done, bar):
-            rows.extend(case_rows)
-            head_rows.extend(case_head_rows)
+        cases_done = evaluate_cases(methods, mine, conditions, settings, done, bar)
+        for count, (case_rows, case_head_rows) in enumerate(cases_done, start=1):
+            written.extend(case_rows)
+            written_heads.extend(case_head_rows)
             for row in filter(is_failed_row, case_rows):
                 log(f"error: {row['case']} ({row['method']}, {row['condition']}): {row['error']}")
-            write_csv(cases_path, rows, KEY_COLUMNS)
-            if head_rows:
-                write_csv(heads_path, head_rows, KEY_COLUMNS + ("skip_heads", "kept_heads"))
+            write_csv(tables[0], written, KEY_COLUMNS)
+            if written_heads:
+                write_csv(tables[1], written_heads, KEY_COLUMNS + ("skip_heads", "kept_heads"))
+            if rank_run is not None:
+                rank_run.after_case(count)  # the tests' fault point, once the case is on disk
     finally:
         if bar is not None:
             bar.close()
-    write_cost(methods, cases[0], settings, out, log)
+    if distributed:
+        order = [c.case_id for c in cases]
+        rows += ranks.in_case_order(rank_run.gather(written), order)
+        head_rows += ranks.in_case_order(rank_run.gather(written_heads), order)
+        if rank == 0:
+            write_csv(cases_path, rows, KEY_COLUMNS)
+            if head_rows:
+                write_csv(heads_path, head_rows, KEY_COLUMNS + ("skip_heads", "kept_heads"))
+    if rank == 0:
+        ranks.remove_parts(out)  # their rows are in the tables now
+        write_cost(methods, cases[0], settings, out, log)
     return out
 
 
@@ -376,6 +409,32 @@ def is_failed_row(row: dict[str, Any]) -> bool:
     return isinstance(error, str) and error != ""
 
 
+def unfinished_cases(
+    out: str | Path, methods: Sequence[Method], cases: Sequence[Case], settings
+) -> list[str]:
+    """Cases with a (method, condition) row in neither the table nor a rank's part: what a rerun does."""
+    out = Path(out)
+    found = [*([out / CASES_FILE] if (out / CASES_FILE).is_file() else []), *ranks.part_files(out, "cases")]
+    done = {(r["method"], r["case"], r["condition"]) for path in found for r in read_csv(path)}
+    conditions = conditions_for(settings.shifts, settings.severities)
+    return [
+        case.case_id
+        for case in cases
+        if any((m.name, case.case_id, c.name) not in done for m in methods for c in conditions)
+    ]
+
+
+def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows without repeats of the same key (a part file may repeat rows already in the table)."""
+    seen, unique = set(), []
+    for row in rows:
+        key = tuple(str(row.get(k)) for k in (*KEY_COLUMNS, "skip_heads"))
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
 def evaluate_cases(
     methods: Sequence[Method],
     cases: Sequence[Case],
@@ -387,14 +446,19 @@ def evaluate_cases(
 ) -> Iterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """Per case, the rows of every (method, condition) not in ``done``, and the head-curve rows."""
     from ..inference import Predictor
+    from ..inference.prefetch import prefetched
 
     classes = methods[0].metadata.classes
     foreground = {c.name: c.value for c in classes if c.value != 0}
     class_values = [c.value for c in classes]
     predictors = {m.name: Predictor(m.path, device=settings.device) for m in methods}
-    for case in cases:
+    # the next case's files are read while this one computes
+    pairs = prefetched(
+        cases, lambda c: (read_image(c.image), read_image(c.label)), 1 if len(cases) > 1 else 0
+    )
+    for case, load in pairs:
         try:
-            image, label_image = read_image(case.image), read_image(case.label)
+            image, label_image = load()
             check_same_grid(image, label_image, str(case.label), what="label")
             label = sitk.GetArrayFromImage(label_image).astype(np.int64)
             label_indices = metrics.labels_to_indices(label, class_values, str(case.label))

@@ -73,6 +73,8 @@ class Predictor:
         mixed_precision: bool = False,
         head_precision: str = "float32",
         allow_large: bool = False,
+        batch_windows: int = 1,
+        stitch_device: str | torch.device = "auto",
     ) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
@@ -90,6 +92,11 @@ class Predictor:
             raise InputError(f"head precision {head_precision!r}: choose from {', '.join(HEAD_PRECISIONS)}")
         self.head_precision = head_precision
         self.allow_large = bool(allow_large)
+        if int(batch_windows) < 1:
+            raise InputError(f"batch of windows {batch_windows}: must be at least 1")
+        # MC dropout draws its masks per batch: one window per pass keeps a case's result independent of B
+        self.batch_windows = 1 if self._metadata.kind == "mc_dropout" else int(batch_windows)
+        self.stitch_request = stitch_device_request(stitch_device)
         self.window_size = tuple(int(w) for w in window_size) if window_size is not None else None
         self.overlap = float(overlap)
         self.memory_budget_gb = memory_budget_gb
@@ -160,6 +167,7 @@ class Predictor:
 
         forward_start = time.perf_counter()
         logits, plan, device = self._forward_with_fallback(array, source, notes, report, cancel)
+        stitch = logits[0].device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         timings["forward"] = time.perf_counter() - forward_start
@@ -177,6 +185,8 @@ class Predictor:
             "overlap": self.overlap,
             "mixed_precision": self.mixed_precision and device.type == "cuda",
             "head_precision": self.head_precision,
+            "batch_windows": self.batch_windows,
+            "stitch_device": str(stitch),
         }
         session = InferenceSession(
             metadata,
@@ -213,7 +223,8 @@ class Predictor:
         device = self.device
         while True:
             try:
-                return (*self._forward_shrinking(array, device, source, notes, report, cancel), device)
+                run = self._forward_shrinking(array, device, source, notes, report, cancel)
+                return (*run, device)
             except Exception as error:  # noqa: BLE001 - memory errors only, everything else re-raised
                 if not (is_out_of_memory(error) and device.type == "cuda"):
                     if is_out_of_memory(error):
@@ -247,16 +258,37 @@ class Predictor:
         divisor = network_divisor(self._metadata)
         window = self._initial_window(module, volume, shape, device)
         first_window = window
+        stitch = self._stitch_device(device, shape)
+        batch = self.batch_windows
         while True:
             plan = plan_windows(shape, window, divisor, self.overlap, self.slicewise)
             failed = False
             try:
-                logits = self._run_plan(module, volume, plan, source, report, cancel)
+                logits = self._run_plan(module, volume, plan, source, report, cancel, stitch, batch)
             except Exception as error:  # noqa: BLE001
                 if not is_out_of_memory(error):
                     raise
                 failed = True
+            if failed and stitch.type == "cuda" and self.stitch_request == "auto":
+                # keep the window (and the GPU's speed); let the blended heads grow in host memory
+                release_cached_memory(device)
+                stitch = torch.device("cpu")
+                message = f"{source}: GPU memory is short; blending the windows on the CPU"
+                warnings.warn(message, RuntimeWarning, stacklevel=4)
+                notes.append(message)
+                continue
+            if failed and batch > 1:  # fewer windows per pass before smaller windows
+                release_cached_memory(device)
+                batch //= 2
+                continue
             if not failed:
+                if batch != self.batch_windows:
+                    message = (
+                        f"{source}: out of memory with {self.batch_windows} windows per pass on {device}; "
+                        f"used {batch}"
+                    )
+                    warnings.warn(message, RuntimeWarning, stacklevel=4)
+                    notes.append(message)
                 if window != first_window:
                     message = (
                         f"{source}: out of memory with a {first_window} window on {device}; "
@@ -280,6 +312,8 @@ class Predictor:
         source: str,
         report: ProgressCallback,
         cancel: CancelCallback | None,
+        stitch: torch.device | None = None,
+        batch: int = 1,
     ) -> list[torch.Tensor]:
         metadata = self._metadata
         strides = [(1, s, s) if self.slicewise else (s, s, s) for s in metadata.head_strides]
@@ -308,6 +342,8 @@ class Predictor:
                 source,
                 on_window,
                 cancel,
+                batch_windows=batch,
+                stitch_device=stitch,
             )
 
     def _forward_function(self, module: torch.jit.ScriptModule, device: torch.device):
@@ -368,13 +404,22 @@ class Predictor:
                 RuntimeWarning,
                 stacklevel=4,
             )
-        per_voxel = self._forward_bytes_per_voxel(module, volume, window, device)
+        per_voxel = self._forward_bytes_per_voxel(module, volume, window, device) * self.batch_windows
         while fixed + per_voxel * math.prod(window) > budget:
             smaller = shrink_window(window, divisor, self.slicewise)
             if smaller is None:
                 break
             window = smaller
         return window
+
+    def _stitch_device(self, device: torch.device, shape: Sequence[int]) -> torch.device:
+        """Where this case's windows are blended: see :func:`choose_stitch_device`."""
+        free = None
+        if device.type == "cuda" and self.stitch_request == "auto":
+            free_bytes, _ = torch.cuda.mem_get_info(device)
+            # the caching allocator's reserved but unused blocks are free for this process too
+            free = free_bytes + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return choose_stitch_device(self.stitch_request, device, self._accumulator_bytes(shape), free)
 
     def _accumulator_bytes(self, shape: Sequence[int]) -> float:
         """Blended native logits plus the reduction's few full-resolution buffers, in bytes."""
@@ -424,6 +469,38 @@ def array_geometry_note(source: str, spacing: Sequence[float] | None) -> str:
         f"{source}: a numpy array carries no orientation; {assumed} assumed, which may give another "
         "decision than the image file: pass a SimpleITK image with the scan's geometry"
     )
+
+
+STITCH_SHARE_OF_FREE_MEMORY = 0.5  # the rest is left to the windows' activations
+
+
+def stitch_device_request(request: str | torch.device) -> str:
+    """``auto``, ``same`` (the compute device) or a device name, checked once at construction."""
+    text = str(request or "auto").strip().lower()
+    if text in ("auto", "same"):
+        return text
+    return str(resolve_device(text))
+
+
+def choose_stitch_device(
+    request: str, compute: torch.device, accumulator_bytes: float, free_bytes: float | None
+) -> torch.device:
+    """The device that holds the blended heads while the windows run on ``compute``.
+
+    ``same`` keeps them with the windows; a device name puts them there; ``auto`` keeps them on the
+    compute device unless that is a GPU whose free memory (``free_bytes``) could not hold them with
+    room to spare for the windows' activations, in which case the host takes them: the windows
+    still run on the GPU, which is far faster than moving the whole case to the CPU.
+    """
+    if request == "same":
+        return compute
+    if request != "auto":
+        return torch.device(request)
+    if compute.type != "cuda" or free_bytes is None:
+        return compute
+    if accumulator_bytes > STITCH_SHARE_OF_FREE_MEMORY * free_bytes:
+        return torch.device("cpu")
+    return compute
 
 
 def as_image(image: sitk.Image | np.ndarray, spacing: Sequence[float] | None, source: str) -> sitk.Image:

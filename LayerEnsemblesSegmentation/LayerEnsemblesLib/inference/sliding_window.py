@@ -119,14 +119,23 @@ def run_windows(
     source: str,
     on_window: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    batch_windows: int = 1,
+    stitch_device: torch.device | None = None,
 ) -> list[torch.Tensor]:
     """Blend every window's head logits into per-head native-resolution accumulators.
 
     ``volume`` is the network-space input [C, Z, Y, X] on the compute device; ``forward`` maps one
     window batch to the list of head logits; ``head_strides`` holds each head's (z, y, x) stride.
-    Returns one [K, Z/sz, Y/sy, X/sx] tensor of blended logits per head.
+    ``batch_windows`` windows go through one forward pass (MONAI's ``sw_batch_size``): the network
+    normalises each sample on its own, so the result is that of one window per pass, only faster on
+    a GPU. The accumulators live on ``stitch_device`` (default: the compute device; MONAI's
+    ``device`` against ``sw_device``), so a GPU short of memory keeps running the windows while the
+    blended heads grow in host memory. Returns one [K, Z/sz, Y/sy, X/sx] tensor of blended logits per
+    head, on the stitch device.
     """
-    device = volume.device
+    if batch_windows < 1:
+        raise InputError(f"batch of windows {batch_windows}: must be at least 1")
+    device = volume.device if stitch_device is None else torch.device(stitch_device)
     grids = [tuple(s // st for s, st in zip(plan.shape, stride, strict=False)) for stride in head_strides]
     single = plan.count == 1  # one window covering the volume: its head logits are the result, uncopied
     accumulators: list[torch.Tensor] = []
@@ -139,44 +148,53 @@ def run_windows(
         if key not in weights and not single:
             weights[key] = window_weights(plan.window, key, plan.blend_axes, device)
             weight_sums[key] = torch.zeros(grid, dtype=torch.float32, device=device)
-    for index, start in enumerate(plan.starts):
+    for first in range(0, plan.count, batch_windows):
         if cancel is not None and cancel():
             raise Cancelled("cancelled during inference")
-        region = tuple(slice(o, o + w) for o, w in zip(start, plan.window, strict=False))
-        patch = volume[(slice(None), *region)]
-        batch = patch.transpose(0, 1) if slicewise else patch[None]  # [B, C, (z,) y, x]
+        starts = plan.starts[first : first + batch_windows]
+        patches = [volume[(slice(None), *_region(start, plan.window))] for start in starts]
+        # [B, C, (z,) y, x]: a 2D model's slices of every window in one batch, a 3D model's windows
+        batch = torch.cat([p.transpose(0, 1) for p in patches]) if slicewise else torch.stack(patches)
         outputs = forward(batch)
         if len(outputs) != len(grids):
             raise InputError(
-                f"{source}: the model returned {len(outputs)} outputs but its metadata declares "
-                f"{len(grids)}"
+                f"{source}: the model returned {len(outputs)} outputs but its metadata declares {len(grids)}"
             )
         for head, (output, stride) in enumerate(zip(outputs, head_strides, strict=False)):
-            output = output.float().transpose(0, 1) if slicewise else output[0].float()  # [K, z, y, x]
-            expected = (num_classes, *(w // s for w, s in zip(plan.window, stride, strict=False)))
-            if tuple(output.shape) != expected:
+            pieces = output.split(plan.window[0]) if slicewise else output.unbind(0)
+            if len(pieces) != len(starts):
                 raise InputError(
-                    f"{source}: head {head} returned shape {tuple(output.shape)} for a window of "
-                    f"{plan.window}; the metadata's classes and strides imply {expected}"
+                    f"{source}: head {head} returned a batch of {output.shape[0]} for {batch.shape[0]} inputs"
                 )
-            target = tuple(
-                slice(o // s, (o + w) // s) for o, w, s in zip(start, plan.window, stride, strict=False)
-            )
-            if single:
-                accumulators.append(output)
-            else:
-                key = tuple(stride)
-                accumulators[head][(slice(None), *target)] += output * weights[key]
+            for start, piece in zip(starts, pieces, strict=True):
+                piece = piece.float().transpose(0, 1) if slicewise else piece.float()  # [K, z, y, x]
+                expected = (num_classes, *(w // s for w, s in zip(plan.window, stride, strict=False)))
+                if tuple(piece.shape) != expected:
+                    raise InputError(
+                        f"{source}: head {head} returned shape {tuple(piece.shape)} for a window of "
+                        f"{plan.window}; the metadata's classes and strides imply {expected}"
+                    )
+                piece = piece.to(device)
+                if single:
+                    accumulators.append(piece)
+                else:
+                    target = _region(start, plan.window, stride)
+                    accumulators[head][(slice(None), *target)] += piece * weights[tuple(stride)]
         if not single:
-            for key, weight in weights.items():
-                stride_target = tuple(
-                    slice(o // s, (o + w) // s) for o, w, s in zip(start, plan.window, key, strict=False)
-                )
-                weight_sums[key][stride_target] += weight
-        del outputs
+            for start in starts:
+                for key, weight in weights.items():
+                    weight_sums[key][_region(start, plan.window, key)] += weight
+        del outputs, batch
         if on_window is not None:
-            on_window(index + 1, plan.count)
+            on_window(first + len(starts), plan.count)
     if not single:
         for accumulator, stride in zip(accumulators, head_strides, strict=False):
             accumulator /= weight_sums[tuple(stride)]
     return accumulators
+
+
+def _region(
+    start: Sequence[int], window: Sequence[int], stride: Sequence[int] = (1, 1, 1)
+) -> tuple[slice, ...]:
+    """The window's place on a grid of the given stride (starts are multiples of every stride)."""
+    return tuple(slice(o // s, (o + w) // s) for o, w, s in zip(start, window, stride, strict=False))
