@@ -457,26 +457,10 @@ def test_a_segment_output_folder_is_reviewed_from_its_bundles(browser, review_fo
     inputs = review_folder / "segment-inputs"
     images = copy_cases(hippocampus_dir, CASES[:2], inputs)
     segmented = review_folder / "segmented"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "LayerEnsemblesLib.cli",
-            "segment",
-            *map(str, images),
-            "--model",
-            str(DEMO_MODEL),
-            "--out",
-            str(segmented),
-            "--save-heads",
-            "--maps",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(MODULE_DIR)),
+    result = run_cli(
+        "segment", *images, "--model", DEMO_MODEL, "--out", segmented, "--save-heads", "--maps", "none",
         timeout=300,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     reports = {
         name: json.loads((segmented / f"{name}_report.json").read_text(encoding="utf-8"))
