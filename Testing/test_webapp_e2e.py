@@ -453,9 +453,10 @@ def test_a_bad_model_is_one_error_line_and_the_views_still_work_behind_a_token(b
 
 
 def test_a_segment_output_folder_is_reviewed_from_its_bundles(browser, review_folder, hippocampus_dir):
-    """`review <segment output folder>`: the cases, scores and estimated Dice of the CLI, no network pass."""
+    """`review <segment output folder> <image>`: the folder's cases with the scores and estimated Dice of the
+    CLI and no network pass; the other image is segmented in the child, into the same worklist."""
     inputs = review_folder / "segment-inputs"
-    images = copy_cases(hippocampus_dir, CASES[:2], inputs)
+    *images, other = copy_cases(hippocampus_dir, CASES, inputs)
     segmented = review_folder / "segmented"
     result = run_cli(
         "segment", *images, "--model", DEMO_MODEL, "--out", segmented, "--save-heads", "--maps", "none",
@@ -466,21 +467,23 @@ def test_a_segment_output_folder_is_reviewed_from_its_bundles(browser, review_fo
         name: json.loads((segmented / f"{name}_report.json").read_text(encoding="utf-8"))
         for name in CASES[:2]
     }
-    review = ReviewServer([segmented], review_folder / "segmented-review")
+    review = ReviewServer([segmented, other], review_folder / "segmented-review")
     try:
         review.wait_ready()
         page = browser.new_page(viewport={"width": 1500, "height": 950})
         page.goto(review.url)
         wait_views(page)
-        rows = {row["name"]: row for row in wait_cases_done(page, 2)}
-        assert (
-            "2 case(s) taken from their results bundles (no network pass), 0 to segment" in review.log_tail()
-        )
-        assert {n: r["score"] for n, r in rows.items()} == pytest.approx(
+        rows = {row["name"]: row for row in wait_cases_done(page, 3)}
+        reused = "2 case(s) taken from their results bundles (no network pass), 1 to segment"
+        assert reused in review.log_tail()
+        assert set(rows) == set(CASES) and rows[CASES[2]]["decision"] in ("accepted", "flagged")
+        assert {n: r["score"] for n, r in rows.items() if n in reports} == pytest.approx(
             {n: r["score"] for n, r in reports.items()}, abs=1e-5
         )
-        shown = current_name(page)
-        assert reports[shown]["estimated_dice_text"] in page.inner_text("#le-badge")
+        page.locator("#le-worklist tr.le-row", has_text=CASES[0]).click()
+        estimate = reports[CASES[0]]["estimated_dice_text"]
+        assert estimate.startswith("estimated Dice ")
+        wait_until(lambda: estimate in page.inner_text("#le-badge"), 10, message="reused case's estimate")
         page.close()
     finally:
         review.stop()
