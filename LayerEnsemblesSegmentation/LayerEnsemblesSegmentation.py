@@ -9,6 +9,7 @@ later (Python 3.12).
 """
 
 import enum
+import html
 import logging
 import os
 import pathlib
@@ -386,7 +387,11 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
         accepted = case.decision == "accepted"
         colour = "#2e7d32" if accepted else "#c62828"
         source = "" if case.decision_source == "model" else f" ({case.decision_source})"
-        self.ui.aulaBadgeLabel.text = f"AULA {case.score:.3f}  {case.decision.upper()}{source}"
+        # The estimated Dice (or why the model has none) under the AULA, smaller: rich text in the label.
+        estimate = html.escape(case.estimated_dice_text or "")
+        self.ui.aulaBadgeLabel.text = f"AULA {case.score:.3f}  {case.decision.upper()}{source}" + (
+            f"<br><span style='font-size: 11pt; font-weight: normal'>{estimate}</span>" if estimate else ""
+        )
         first, last = case.kept_heads or (0, 0)
         self.ui.aulaBadgeLabel.toolTip = (
             f"{case.model_name}: heads {first}-{last}, threshold "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -39,6 +40,7 @@ CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_008"]
 AXIAL = 0  # the "Axial Primary" layout's large view
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots"
 ANTERIOR, POSTERIOR = (230, 159, 0), (86, 180, 233)  # the demo model's class colours
+ESTIMATE = r"estimated Dice \d\.\d\d \(\d\.\d\d–\d\.\d\d\)"
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,17 @@ def test_views_draw_mri_with_segmentation_and_heatmap_and_the_worklist_is_sorted
     assert rows[0]["current"]
     assert f"AULA {rows[0]['score']:.3f}" in page.inner_text("#le-badge")
     assert page.locator("#le-worklist tr.le-row").count() == len(CASES)
+    # The demo model is calibrated: every case has its estimated Dice, in the worklist, badge and file.
+    assert re.search(rf"AULA {rows[0]['score']:.3f} · {ESTIMATE}", page.inner_text("#le-badge"))
+    recorded = read_review(server.out)
+    for row in rows:
+        assert re.fullmatch(ESTIMATE[len("estimated Dice ") :], row["quality_text"]), row
+        assert (
+            row["quality_text"] in page.locator("#le-worklist tr.le-row", has_text=row["name"]).inner_text()
+        )
+        assert recorded[row["name"]]["estimated_dice"] == pytest.approx(
+            float(row["quality_text"][:4]), abs=0.006
+        )
 
     axial = view_image(page, AXIAL)
     assert axial.std() > 10  # the MRI, not a blank view
@@ -354,6 +367,22 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
     assert read_review(server.out)[name]["reviewer_decision"] == "corrected"
     assert "corrected" in page.inner_text("#le-badge")
     save_screenshot(page, "webapp_correction.png")
+    # Erase over the painted stroke, then undo: the views show the erase, then the painted mask again.
+    page.click("#le-correct")
+    page.wait_for_selector("#le-erase")
+    page.click("#le-erase")
+    wait_until(lambda: state(page, "le_tool") == "erase", 10, message="erase tool chosen")
+    painted = wait_frame_stable(page, AXIAL)
+    paint_stroke(page)
+    erased = wait_frame_change(page, AXIAL, painted)
+    erased = wait_frame_stable(page, AXIAL)
+    assert coloured_pixels(erased, ANTERIOR) + coloured_pixels(erased, POSTERIOR) < coloured_pixels(
+        painted, ANTERIOR
+    ) + coloured_pixels(painted, POSTERIOR)
+    page.click("#le-undo")
+    wait_frame_change(page, AXIAL, erased)
+    undone = wait_frame_stable(page, AXIAL)
+    assert np.abs(undone.astype(int) - painted).mean() < np.abs(erased.astype(int) - painted).mean()
     before = read_review(server.out)
 
     server.kill()
@@ -364,6 +393,12 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
         again.goto(restarted.url)
         wait_views(again)
         wait_cases_done(again, len(CASES))
+        # The cases come back from the bundles the first server kept: no network pass, no child process.
+        reused = f"{len(CASES)} case(s) taken from their results bundles (no network pass), 0 to segment"
+        assert reused in restarted.log_tail(), restarted.log_tail()
+        assert {n: r["score"] for n, r in rows_by_name(again).items()} == pytest.approx(
+            {n: r["score"] for n, r in before.items()}, abs=1e-5
+        )
         decided = {n: r["reviewer_decision"] for n, r in before.items() if r["reviewer_decision"]}
         wait_until(
             lambda: all(rows_by_name(again)[n]["decision"] == d for n, d in decided.items()),
@@ -409,6 +444,46 @@ def test_a_bad_model_is_one_error_line_and_the_views_still_work_behind_a_token(b
         assert "not_a_model.pt" in error and "\n" not in error
         assert view_image(page, AXIAL).std() > 10  # the input is still shown
         assert state(page, "le_rows") == []
+        page.close()
+    finally:
+        review.stop()
+
+
+# -- a previous `segment` output folder -----------------------------------------------------------------
+
+
+def test_a_segment_output_folder_is_reviewed_from_its_bundles(browser, review_folder, hippocampus_dir):
+    """`review <segment output folder> <image>`: the folder's cases with the scores and estimated Dice of the
+    CLI and no network pass; the other image is segmented in the child, into the same worklist."""
+    inputs = review_folder / "segment-inputs"
+    *images, other = copy_cases(hippocampus_dir, CASES, inputs)
+    segmented = review_folder / "segmented"
+    result = run_cli(
+        "segment", *images, "--model", DEMO_MODEL, "--out", segmented, "--save-heads", "--maps", "none",
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reports = {
+        name: json.loads((segmented / f"{name}_report.json").read_text(encoding="utf-8"))
+        for name in CASES[:2]
+    }
+    review = ReviewServer([segmented, other], review_folder / "segmented-review")
+    try:
+        review.wait_ready()
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.goto(review.url)
+        wait_views(page)
+        rows = {row["name"]: row for row in wait_cases_done(page, 3)}
+        reused = "2 case(s) taken from their results bundles (no network pass), 1 to segment"
+        assert reused in review.log_tail()
+        assert set(rows) == set(CASES) and rows[CASES[2]]["decision"] in ("accepted", "flagged")
+        assert {n: r["score"] for n, r in rows.items() if n in reports} == pytest.approx(
+            {n: r["score"] for n, r in reports.items()}, abs=1e-5
+        )
+        page.locator("#le-worklist tr.le-row", has_text=CASES[0]).click()
+        estimate = reports[CASES[0]]["estimated_dice_text"]
+        assert estimate.startswith("estimated Dice ")
+        wait_until(lambda: estimate in page.inner_text("#le-badge"), 10, message="reused case's estimate")
         page.close()
     finally:
         review.stop()

@@ -38,6 +38,8 @@ def review_state() -> ReviewState:
             threshold=0.913,
             model_decision="flagged",
             reviewer_decision="accepted",
+            estimated_dice=0.84,
+            estimated_dice_text="estimated Dice 0.84 (0.78–0.88)",
         ),
         CaseState("c", status=QUEUED),
         CaseState("d", status="failed", error="d.nii.gz: unreadable"),
@@ -57,11 +59,18 @@ def test_worklist_is_most_doubtful_first_with_who_decided():
     ]
     assert [row["current"] for row in rows] == [True, False, False, False]
     assert rows[0]["score_text"] == "0.800" and rows[2]["score_text"] == "—"
+    assert rows[0]["quality_text"] == "0.84 (0.78–0.88)" and rows[1]["quality_text"] == "—"
 
 
 def test_page_state_reflects_the_controller_state():
     values = page_state(review_state())
-    assert values["le_badge_text"] == "a: AULA 0.800 · accepted by reviewer"
+    assert values["le_badge_text"] == "a: AULA 0.800 · estimated Dice 0.84 (0.78–0.88) · accepted by reviewer"
+    uncalibrated = review_state()
+    uncalibrated.current = 0
+    uncalibrated.cases[0].estimated_dice_text = "no estimated Dice (the model has no calibrated quality map)"
+    assert page_state(uncalibrated)["le_badge_text"] == (
+        "b: AULA 0.950 · no estimated Dice (the model has no calibrated quality map) · accepted (model)"
+    )
     assert values["le_badge_decision"] == "accepted"
     assert values["le_heads"] == [3, 8] and values["le_head_count"] == 8
     assert values["le_threshold"] == 0.913 and values["le_has_result"]

@@ -106,6 +106,7 @@ def case_state_from_node(segmentation, input_node, status: str = DONE) -> CaseSt
     reviewer = segmentation.GetAttribute(REVIEWER_ATTRIBUTE) or ""
     score = decision.get("AULANormalized")
     threshold = decision.get("Threshold")
+    estimate = decision.get("EstimatedDice")
     return CaseState(
         name=input_node.GetName() if input_node is not None else segmentation.GetName(),
         input_id=input_node.GetID() if input_node is not None else None,
@@ -120,6 +121,8 @@ def case_state_from_node(segmentation, input_node, status: str = DONE) -> CaseSt
         reviewer_decision=reviewer,
         decision_source=segmentation.GetAttribute(SOURCE_ATTRIBUTE) or SOURCE_MODEL,
         bundle_path=segmentation.GetAttribute(BUNDLE_ATTRIBUTE) or "",
+        estimated_dice=float(estimate) if estimate else None,
+        estimated_dice_text=decision.get("EstimatedDiceText", ""),
     )
 
 

@@ -206,6 +206,67 @@ class ReviewController(ReviewActions):
         self._changed("Starting...")
         return True
 
+    @action
+    def add_from_bundle(self, volume_node, bundle_path: str | os.PathLike) -> bool:
+        """Commit an earlier run's results bundle for ``volume_node`` like a finished case of a batch.
+
+        No child process and no network pass: the bundle holds the head outputs, so the case gets the
+        same worklist row, CaseState and scene nodes as if it had just been segmented, and it recombines
+        from that bundle (which stays where it is: the segmentation refers to it). A bad bundle is one
+        error line and the scene is left as it was.
+        """
+        from ..inference.bundle import load_bundle
+        from ..scene import load_case_image
+
+        if self._run is not None:
+            raise InputError("a run is already going: wait for it or cancel it")
+        bundle = Path(bundle_path).resolve()
+        if not bundle.is_file():
+            raise InputError(f"{bundle}: no such results bundle")
+        prediction = load_bundle(bundle, device="cpu")
+        self._check_bundle_model(bundle, prediction.model_identity)
+        case_input = self._helper.case_from_volume(volume_node, None)
+        _, reference, crop_index = load_case_image(case_input)
+        _check_same_grid(bundle, prediction.session.reference, reference)
+        if self._worklist is None or self.context.node(self._worklist.table_id) is None:
+            self._worklist = Worklist(self.context)
+        batch = Batch(self.context, self._worklist)
+        try:
+            result = batch.commit(case_input, prediction, prediction.metadata, reference, crop_index)
+        except BaseException:
+            batch.rollback()
+            raise
+        batch.finish()
+        segmentation = self.context.node(result.segmentation_id)
+        # The loaded model made it (checked above by SHA-256): name that file, so the sliders recombine it.
+        loaded = self.state.model
+        model_path = loaded.path if loaded is not None else prediction.model_identity.get("path") or ""
+        scene_cases.store_run_references(
+            segmentation, str(bundle), stored_model_path(model_path) if model_path else "", crop_index
+        )
+        self._results[result.segmentation_id] = result
+        self._references[result.segmentation_id] = reference
+        case = scene_cases.case_state_from_node(segmentation, self.context.node(result.input_id))
+        self._add_case(case)
+        if self.state.current is None:
+            self.open_case(self.state.cases.index(case))
+        self._changed(f"{case.name}: taken from its results bundle (no network pass)")
+        return True
+
+    def _check_bundle_model(self, bundle: Path, identity: dict) -> None:
+        """With a model loaded, only its own results are taken up (a restart with another model segments
+        the cases again rather than showing the old model's results as the new one's)."""
+        from ..inference.identity import model_sha256
+
+        model = self.state.model
+        if model is None or not identity.get("sha256"):
+            return
+        if identity["sha256"] != model_sha256(model.path):
+            raise InputError(
+                f"{bundle}: made with another model ({identity.get('name') or 'unknown'}) than the loaded "
+                f"{model.name}"
+            )
+
     def poll(self) -> bool:
         """Apply what the child reported since the last call (main thread); True while a run goes on.
 
@@ -402,6 +463,21 @@ class ReviewController(ReviewActions):
         for tag in self._observers:
             self.context.scene.RemoveObserver(tag)
         self._observers = []
+
+
+def _check_same_grid(bundle: Path, saved, image) -> None:
+    """A bundle holds outputs on its input's grid: refuse one made for another image (one line)."""
+    same = (
+        saved.GetSize() == image.GetSize()
+        and all(abs(a - b) < 1e-4 for a, b in zip(saved.GetSpacing(), image.GetSpacing(), strict=True))
+        and all(abs(a - b) < 1e-3 for a, b in zip(saved.GetOrigin(), image.GetOrigin(), strict=True))
+    )
+    if not same:
+        raise InputError(
+            f"{bundle}: this results bundle was made for another image grid (size {saved.GetSize()}, "
+            f"spacing {tuple(round(v, 4) for v in saved.GetSpacing())}) than the volume's "
+            f"(size {image.GetSize()}, spacing {tuple(round(v, 4) for v in image.GetSpacing())})"
+        )
 
 
 def default_bundle_folder() -> Path:

@@ -46,6 +46,8 @@ class ReviewRecorder:
             reviewer_decision=case.reviewer_decision,
             time=(now_utc() if case.reviewer_decision else "") if changed else old.time,
             corrected_file=corrected,
+            estimated_dice=case.estimated_dice,
+            bundle=case.bundle_path,
         )
 
     def sync(self, state) -> bool:

@@ -35,6 +35,8 @@ class ReviewRecord:
     reviewer_decision: str = ""  # "", "accepted", "flagged" or "corrected"
     time: str = ""  # UTC, ISO 8601, of the reviewer's last change
     corrected_file: str = ""
+    estimated_dice: float | None = None  # the model's quality map at the score (None: no calibration)
+    bundle: str = ""  # the result's head outputs: a restarted review takes the case up from it
 
 
 COLUMNS = tuple(field.name for field in fields(ReviewRecord))

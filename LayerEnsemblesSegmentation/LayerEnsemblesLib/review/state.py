@@ -58,6 +58,8 @@ class CaseState:
     reviewer_decision: str = ""  # "" until the reviewer acts: "accepted" / "flagged" / "corrected"
     decision_source: str = SOURCE_MODEL
     bundle_path: str = ""
+    estimated_dice: float | None = None  # the model's quality map at this result's score, if calibrated
+    estimated_dice_text: str = ""  # "estimated Dice 0.84 (0.78–0.88)", or why there is none
     error: str = ""  # one line, when status is FAILED
 
     @property

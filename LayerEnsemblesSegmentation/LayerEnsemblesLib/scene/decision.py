@@ -29,6 +29,7 @@ def store_decision(node, prediction: Any, model_name: str, classes) -> None:
 
     aula = prediction.aula
     first, stop = prediction.head_range
+    estimate = getattr(prediction, "estimated_dice", None)
     attributes = {
         "AULA": _format(aula.raw.get("union", float("nan"))),
         "AULANormalized": _format(prediction.score),
@@ -41,6 +42,9 @@ def store_decision(node, prediction: Any, model_name: str, classes) -> None:
         "Reason": str(getattr(prediction, "reason", "")),
         "EmptyForeground": "true" if aula.empty_foreground else "false",
         "EmptyClasses": ",".join(aula.empty_classes),
+        # The model's estimated Dice for this result ("" value when it has no calibration for it).
+        "EstimatedDice": _format(estimate.value) if estimate is not None else "",
+        "EstimatedDiceText": str(getattr(prediction, "estimated_dice_text", "") or ""),
     }
     for name, value in aula.raw.items():
         attributes[f"AULA.{name}"] = _format(value)

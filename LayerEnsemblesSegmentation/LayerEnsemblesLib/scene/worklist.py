@@ -29,10 +29,16 @@ from .results import HEATMAP_ROLE_PREFIX, CaseResult, apply_prediction, remove_n
 from .segmentation import ROLE_ATTRIBUTE
 
 WORKLIST_NAME = "LayerEnsembles worklist"
-COLUMNS = ("rank", "case", "AULA (normalised)", "AULA", "decision", "threshold", "input ID",
-           "segmentation ID")
+COLUMNS = ("rank", "case", "AULA (normalised)", "AULA", "estimated Dice", "decision", "threshold",
+           "input ID", "segmentation ID")
 NUMERIC_COLUMNS = {"rank", "AULA (normalised)", "AULA", "threshold"}
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _estimate_cell(prediction: Any) -> str:
+    """"0.84 (0.78–0.88)" where the model's quality map gives one, else "—" (no calibration for it)."""
+    estimate = getattr(prediction, "estimated_dice", None)
+    return estimate.text().removeprefix("estimated Dice ") if estimate is not None else "—"
 
 
 @dataclass
@@ -110,6 +116,7 @@ class Worklist:
                 "case": input_node.GetName() if input_node is not None else case.input_id,
                 "AULA (normalised)": case.prediction.score,
                 "AULA": case.prediction.aula.raw.get("union", float("nan")),
+                "estimated Dice": _estimate_cell(case.prediction),
                 "decision": case.prediction.decision,
                 "threshold": case.prediction.threshold,
                 "input ID": case.input_id,

@@ -130,9 +130,10 @@ class ReviewWebApp(TrameApp):
     # -- start-up --------------------------------------------------------------------------------------
 
     def start_review(self) -> None:
-        """Load the model and the cases, and start segmenting them in the child process."""
+        """Load the model and the cases; take up earlier results from their bundles (an earlier `segment`
+        output folder, or this review folder before a restart) and segment the rest in the child process."""
         model_ok = bool(self.controller.load_model(self.model))
-        volumes = []
+        to_segment, to_reuse = [], []
         try:
             cases = review_inputs(self.inputs)
         except InputError as error:
@@ -146,14 +147,50 @@ class ReviewWebApp(TrameApp):
             except InputError as error:
                 self.load_errors.append(first_line(error, 300))
                 continue
-            volumes.append(add_volume_from_image(self.host.context.scene, image, case.name))
+            volume = add_volume_from_image(self.host.context.scene, image, case.name)
             self.recorder.inputs[case.name] = str(case.image)
-        if volumes:
-            self.host.app.display_manager.show_volume(volumes[0], do_reset_views=True)
-        if model_ok and volumes:
-            self.controller.segment_volumes(volumes)
+            bundle = case.bundle or self._recorded_bundle(case.name, case.image)
+            (to_reuse if bundle else to_segment).append((volume, bundle))
+        if to_reuse or to_segment:
+            first = (to_reuse or to_segment)[0][0]
+            self.host.app.display_manager.show_volume(first, do_reset_views=True)
+        if model_ok:
+            reused = [volume for volume, bundle in to_reuse if self._reuse(volume, bundle)]
+            to_segment += [(volume, None) for volume, _ in to_reuse if volume not in reused]
+            self._open_most_doubtful()
+            print(
+                f"LayerEnsembles review: {len(reused)} case(s) taken from their results bundles "
+                f"(no network pass), {len(to_segment)} to segment",
+                flush=True,
+            )
+            if to_segment:
+                self.controller.segment_volumes([volume for volume, _ in to_segment])
         self.state.le_started = True
         self.publish()
+
+    def _recorded_bundle(self, name: str, image: Path) -> str:
+        """The bundle this review folder's file recorded for the case before a restart ("" if none)."""
+        record = self.recorder.get(name)
+        if record is None or not record.bundle or record.input != str(image):
+            return ""
+        return record.bundle
+
+    def _reuse(self, volume, bundle) -> bool:
+        """The case from its bundle; a bundle that is gone, damaged or from another model: segment again."""
+        try:
+            path = self.roots.resolve(bundle, base=self.out)
+        except InputError as error:
+            self.load_errors.append(first_line(error, 300))
+            return False
+        if not path.is_file():
+            return False  # e.g. the bundles folder was cleared: silently segment again
+        return bool(self.controller.add_from_bundle(volume, path))
+
+    def _open_most_doubtful(self) -> None:
+        cases = self.controller.state.cases
+        scored = [(case.score, index) for index, case in enumerate(cases) if case.score is not None]
+        if scored:
+            self.controller.open_case(min(scored)[1])
 
     # -- publishing ------------------------------------------------------------------------------------
 

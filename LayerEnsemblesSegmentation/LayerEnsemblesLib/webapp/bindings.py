@@ -23,6 +23,15 @@ def _score_text(score: float | None) -> str:
     return "—" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.3f}"
 
 
+ESTIMATE_PREFIX = "estimated Dice "
+
+
+def estimate_cell(case) -> str:
+    """The worklist's short form: "0.84 (0.78–0.88)", or "—" (the row's title says why there is none)."""
+    text = case.estimated_dice_text or ""
+    return text[len(ESTIMATE_PREFIX) :] if case.estimated_dice is not None else "—"
+
+
 def decision_text(case) -> str:
     if getattr(case, "error", ""):
         return "failed"
@@ -37,14 +46,14 @@ def worklist_rows(state) -> list[dict[str, Any]]:
     """One row per case, lowest normalised AULA first; cases without a score (queued, failed) last."""
     rows = []
     for index, case in enumerate(state.cases):
-        quality = getattr(case, "quality", None)
         rows.append(
             {
                 "index": index,
                 "name": case.name,
                 "score": case.score,
                 "score_text": _score_text(case.score),
-                "quality_text": _score_text(quality) if quality is not None else "—",
+                "quality_text": estimate_cell(case),
+                "quality_title": case.estimated_dice_text,
                 "decision": (case.reviewer_decision or case.model_decision or case.status)
                 if not case.error
                 else "failed",
@@ -66,7 +75,8 @@ def page_state(state) -> dict[str, Any]:
     heads = list(state.kept_heads or (model.default_heads if model is not None else (1, 1)))
     threshold = state.threshold if state.threshold is not None else (model.threshold if model else 0.9)
     if case is not None and case.score is not None:
-        badge = f"{case.name}: AULA {case.score:.3f} · {decision_text(case)}"
+        estimate = f" · {case.estimated_dice_text}" if case.estimated_dice_text else ""
+        badge = f"{case.name}: AULA {case.score:.3f}{estimate} · {decision_text(case)}"
         badge_decision = case.reviewer_decision or case.model_decision
     elif case is not None:
         badge, badge_decision = f"{case.name}: {decision_text(case)}", ""

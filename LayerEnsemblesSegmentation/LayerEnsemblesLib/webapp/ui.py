@@ -46,7 +46,7 @@ def _worklist() -> None:
     with html.Table(id="le-worklist", style="width: 100%; border-collapse: collapse;"):
         with html.Thead():
             with html.Tr():
-                for title in ("Case", "AULA", "Quality", "Decision"):
+                for title in ("Case", "AULA", "Est. Dice", "Decision"):
                     html.Th(title, style="text-align: left; font-size: 12px; padding: 2px 6px;")
         with html.Tbody():
             with html.Tr(
@@ -60,7 +60,7 @@ def _worklist() -> None:
             ):
                 html.Td("{{ row.name }}")
                 html.Td("{{ row.score_text }}")
-                html.Td("{{ row.quality_text }}")
+                html.Td("{{ row.quality_text }}", title=("row.quality_title",), classes="le-estimate")
                 html.Td("{{ row.decision_text }}", classes=("'le-decision-' + row.decision",))
 
 
