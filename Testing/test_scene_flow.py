@@ -265,3 +265,19 @@ def test_saving_and_reloading_keeps_the_decision(case, image, tmp_path, bundle):
     heatmap = loaded.GetNodeReference("LayerEnsembles.heatmap.agreement")
     table = heatmap.GetDisplayNode().GetColorNode()
     assert table.GetAttribute(COLOR_TABLE_ATTRIBUTE) == "heatmap" and table.GetNumberOfColors() == 256
+
+
+def test_the_plot_title_names_the_score_the_decision_is_made_on(tmp_path):
+    from conftest import make_tiny_model
+    from engine_models import sphere_image
+    from LayerEnsemblesLib.decision_scores import label
+    from LayerEnsemblesLib.inference import Predictor
+    from LayerEnsemblesLib.scene.plots import chart_title
+
+    model = make_tiny_model(tmp_path / "mean.pt", decision_score="aula_norm_class_mean")
+    image, _ = sphere_image(size=(32, 32, 32))
+    prediction = Predictor(model, device="cpu").predict(image)
+    title = chart_title(prediction)
+    assert prediction.score_name == "aula_norm_class_mean"
+    assert f"{label('aula_norm_class_mean')} {prediction.score:.3f}" in title
+    assert f"AULA {prediction.aula.raw['union']:.2f} (union)" in title

@@ -21,10 +21,16 @@ CURVE_COLORS = [(0.85, 0.1, 0.1), (0.9, 0.62, 0.0), (0.34, 0.71, 0.91), (0.0, 0.
 
 
 def chart_title(prediction: Any) -> str:
+    """The curves' union AULA, then the score the decision is made on, named: the model may decide on
+    another score than the normalised union AULA (e.g. the mean over structures), and one number must
+    not pass for the other."""
+    from ..decision_scores import UNION_SCORE, label
+
     raw = prediction.aula.raw.get("union", float("nan"))
+    score_name = getattr(prediction, "score_name", UNION_SCORE)
     return (
-        f"Layer agreement: AULA {raw:.2f} (normalised {prediction.score:.3f}, "
-        f"threshold {prediction.threshold:.3f}, {prediction.decision})"
+        f"Layer agreement: AULA {raw:.2f} (union); {label(score_name)} {prediction.score:.3f}, "
+        f"threshold {prediction.threshold:.3f}, {prediction.decision}"
     )
 
 
