@@ -231,15 +231,21 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_json_object(path: str | Path, missing: str) -> dict[str, Any]:
-    """A JSON object from ``path``; ``missing`` says what the file was expected to be when it is absent."""
+def read_json(path: str | Path, missing: str) -> Any:
+    """The JSON document in ``path``; ``missing`` says what the file was expected to be when it is absent."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: {missing}")
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: not valid JSON ({error})") from None
+
+
+def read_json_object(path: str | Path, missing: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``missing`` says what the file was expected to be when it is absent."""
+    path = Path(path)
+    document = read_json(path, missing)
     if not isinstance(document, dict):
         raise InputError(f"{path}: not a JSON object")
     return document

@@ -7,11 +7,11 @@ training run's ``split.json``; a list may hold case ids, image paths or ``{"imag
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..fileio import read_json
 from .runner import Case
 
 
@@ -41,12 +41,7 @@ def selected_ids(spec: str) -> list[str]:
     if not path.is_file() and ":" in spec:
         file_part, key = spec.rsplit(":", 1)
         path = Path(file_part)
-    if not path.is_file():
-        raise InputError(f"{path}: case list not found (expected FILE.json or FILE.json:KEY)")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    document = read_json(path, "case list not found (expected FILE.json or FILE.json:KEY)")
     if key is not None:
         if not isinstance(document, dict) or key not in document:
             keys = sorted(document) if isinstance(document, dict) else []
