@@ -61,6 +61,25 @@ def write_raw(data: Path, raw: Path) -> list[str]:
     return cases
 
 
+CPU_PLANS = "nnUNetPlans_cpu"
+
+
+def write_cpu_plans(folder: Path) -> None:
+    """A plans variant a CPU trains in under an hour: nnU-Net's planned topology, half the features, batch 2.
+
+    Stages, kernels, strides, patch, spacing, normalisation and the preprocessed data are nnU-Net's own;
+    only the widths (32..256 -> 16..128) and the batch (5 -> 2) change, which cuts an iteration on one core
+    from about 8 s to about 1.2 s. nnU-Net trains it with ``-p nnUNetPlans_cpu``, as any custom plans.
+    """
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = CPU_PLANS
+    configuration = plans["configurations"][CONFIGURATION]
+    configuration["batch_size"] = 2
+    kwargs = configuration["architecture"]["arch_kwargs"]
+    kwargs["features_per_stage"] = [max(1, f // 2) for f in kwargs["features_per_stage"]]
+    (folder / f"{CPU_PLANS}.json").write_text(json.dumps(plans, indent=4))
+
+
 def run(command: list[str], env: dict[str, str]) -> None:
     print("$", " ".join(command), flush=True)
     subprocess.run(command, env=env, check=True)
@@ -72,6 +91,10 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="nnU-Net's raw/preprocessed/results folders")
     parser.add_argument("--trainer", default="nnUNetTrainer_100epochs")
     parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument(
+        "--plans", default="nnUNetPlans", choices=["nnUNetPlans", CPU_PLANS],
+        help=f"nnU-Net's plans, or {CPU_PLANS} (half the features, batch 2) for a CPU",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda", help="cuda or cpu (training and evaluation)")
     parser.add_argument("--min-dice", type=float, default=0.85)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation" / "hippocampus_nnunet_fold0")
@@ -98,13 +121,16 @@ def main() -> int:
             ],
             env,
         )
-    model = args.work / "results" / DATASET_NAME / f"{args.trainer}__nnUNetPlans__{CONFIGURATION}"
+    if args.plans == CPU_PLANS:
+        write_cpu_plans(args.work / "preprocessed" / DATASET_NAME)
+    model = args.work / "results" / DATASET_NAME / f"{args.trainer}__{args.plans}__{CONFIGURATION}"
     fold = model / f"fold_{args.fold}"
     if not (fold / "checkpoint_final.pth").is_file():
         # nnU-Net's trainer, imported from its module (see make_nnunet_fixture.train_fold for why)
         run(
             [sys.executable, str(FIXTURES / "make_nnunet_fixture.py"), "--train-fold", str(args.fold),
-             "--trainer", args.trainer, "--dataset-name", DATASET_NAME, "--device", args.device],
+             "--trainer", args.trainer, "--dataset-name", DATASET_NAME, "--device", args.device,
+             "--plans", args.plans],
             env,
         )  # fmt: skip
     summary = json.loads((fold / "validation" / "summary.json").read_text())
