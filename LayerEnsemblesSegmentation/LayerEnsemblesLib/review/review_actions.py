@@ -25,6 +25,7 @@ from ..scene import (
     set_heatmap_opacity,
     show_result,
 )
+from ..scene.geometry import geometry_only
 from ..scene.heatmaps import HEATMAP_KINDS
 from . import cases as scene_cases
 from .models import same_model
@@ -76,7 +77,7 @@ class ReviewActions:
     def _reference(self, result):
         reference = self._references.get(result.segmentation_id)
         if reference is None:
-            reference = image_from_volume(self.context.node(result.input_id))
+            reference = geometry_only(image_from_volume(self.context.node(result.input_id)))
             self._references[result.segmentation_id] = reference
         return reference
 
@@ -112,6 +113,7 @@ class ReviewActions:
         if worklist is not None and result in worklist.cases:
             worklist.refresh()
         self._show(updated, result)
+        runtime.release_freed_memory()  # the full-volume buffers of the old result
 
     def _show(self, case, result) -> None:
         show_result(self.context, result, self.state.heatmap_opacity)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import SimpleITK as sitk
+import slicer
 
 from .bootstrap import SceneContext
 from .decision import PREFIX as DECISION_PREFIX
@@ -23,7 +24,7 @@ from .decision import store_decision
 from .geometry import same_geometry, uncrop
 from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views, write_heatmap
 from .plots import write_agreement_plot
-from .regions import UncertainRegion, find_uncertain_regions, jump_to_region
+from .regions import UncertainRegion, jump_to_region, regions_from_disagreement
 from .segmentation import create_segmentation_node, is_user_edited, write_segments
 
 HEATMAP_ROLE_PREFIX = "LayerEnsembles.heatmap."
@@ -92,22 +93,22 @@ def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image,
     write_segments(segmentation, labels, metadata.classes)
     store_decision(segmentation, prediction, metadata.name, metadata.classes)
 
-    agreement_full = None
+    disagreement = None
     for kind, image in prediction.maps.items():
         full = _full_size(image, reference, result.crop_index, 1.0 if kind == "agreement" else 0.0)
         node = write_heatmap(context, input_node, kind, full, metadata.num_classes,
                              node=context.node(result.heatmap_ids.get(kind)))
         result.heatmap_ids[kind] = node.GetID()
         segmentation.SetNodeReferenceID(HEATMAP_ROLE_PREFIX + kind, node.GetID())
-        if kind == "agreement":
-            agreement_full = full
+        if kind == "agreement":  # the map as shown is 1 - agreement: the regions are read from it in place
+            disagreement = (slicer.util.arrayFromVolume(node), full)
     table, chart = write_agreement_plot(context, input_node, prediction, context.node(result.table_id),
                                         context.node(result.chart_id))
     result.table_id, result.chart_id = table.GetID(), chart.GetID()
     segmentation.SetNodeReferenceID(TABLE_ROLE, table.GetID())
     segmentation.SetNodeReferenceID(CHART_ROLE, chart.GetID())
-    if agreement_full is not None:
-        result.regions = find_uncertain_regions(agreement_full, DEFAULT_VISIBLE_FROM)
+    if disagreement is not None:
+        result.regions = regions_from_disagreement(*disagreement, DEFAULT_VISIBLE_FROM)
         result.region_cursor = -1
 
 

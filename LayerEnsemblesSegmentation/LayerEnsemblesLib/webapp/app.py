@@ -333,15 +333,16 @@ class ReviewWebApp(TrameApp):
 
 
 def _view_signature(state) -> tuple:
+    """What the slice views draw. The threshold and the score are not in it: a threshold change moves
+    no voxel, and redrawing the views for it would only delay the page (seconds on a large volume)."""
     case = state.current_case
     return (
         state.current,
         case.segmentation_id if case else None,
-        case.score if case else None,
+        case.kept_heads if case else None,
         state.heatmap_kind,
         state.heatmap_opacity,
         state.kept_heads,
-        state.threshold,
         state.region_index,
         len(state.cases),
     )
