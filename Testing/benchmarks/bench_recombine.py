@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from bench_inputs import hippocampus_case, synthetic_image  # noqa: E402
 
 LARGE_SHAPE = (160, 256, 256)  # z, y, x
 STAGES = {  # stage -> the (module, function) pairs timed for it (those a checkout has)
-    "recombine (engine, network space)": [("LayerEnsemblesLib.inference.results", "build_prediction")],
+    "engine recombine (incl. resampling)": [("LayerEnsemblesLib.inference.results", "build_prediction")],
     "edit check": [("LayerEnsemblesLib.scene.results", "is_user_edited")],
     "segments written": [("LayerEnsemblesLib.scene.results", "write_segments")],
     "heatmap written": [("LayerEnsemblesLib.scene.results", "write_heatmap")],
@@ -194,7 +195,7 @@ def main() -> int:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "".join(c if c.isalnum() else "-" for c in args.label.lower()).strip("-")
+    name = re.sub("[^a-z0-9]+", "-", args.label.lower()).strip("-")
     (out / f"recombine-{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0

@@ -263,7 +263,8 @@ class ReviewWebApp(TrameApp):
         current = self.controller.state.threshold
         if le_threshold is None or (current is not None and abs(float(le_threshold) - current) < 5e-4):
             return
-        self.controller.set_threshold(round(float(le_threshold), 3))
+        with self.host.views_unchanged():  # the voxels stay: no view needs a new frame
+            self.controller.set_threshold(round(float(le_threshold), 3))
         self.publish()
 
     def _on_heads(self, le_heads, **_kwargs) -> None:
