@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..scene import (
     find_uncertain_regions,
+    geometry_only,
     image_from_volume,
     is_user_edited,
     jump_to_region,
@@ -25,7 +26,6 @@ from ..scene import (
     set_heatmap_opacity,
     show_result,
 )
-from ..scene.geometry import geometry_only
 from ..scene.heatmaps import HEATMAP_KINDS
 from . import cases as scene_cases
 from .models import same_model
