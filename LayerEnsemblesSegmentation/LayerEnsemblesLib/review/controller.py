@@ -266,6 +266,11 @@ class ReviewController(ReviewActions):
                 f"{bundle}: made with another model ({identity.get('name') or 'unknown'}) than the loaded "
                 f"{model.name}"
             )
+        if identity.get("member") is not None:  # `segment --member K`: one member's heads, not this file's
+            raise InputError(
+                f"{bundle}: made with member {identity['member']} of {model.name} alone (segment --member); "
+                "the review runs whole model files"
+            )
 
     def poll(self) -> bool:
         """Apply what the child reported since the last call (main thread); True while a run goes on.
