@@ -11,6 +11,11 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="print a model file's metadata")
     parser.add_argument("model", help="a model file written by `layer-ensembles export`")
     parser.add_argument("--json", action="store_true", help="print the raw JSON document")
+    parser.add_argument(
+        "--member",
+        metavar="K",
+        help="show member K of a deep ensemble with member heads as its own layer ensemble",
+    )
     parser.set_defaults(run=run)
 
 
@@ -59,7 +64,15 @@ def describe(metadata: ModelMetadata) -> str:
     ]
     if "converted_from" in metadata.provenance:
         lines.insert(1, f"converted from: {metadata.provenance['converted_from']}")
-    if metadata.kind == "deep_ensemble":
+    if metadata.kind == "deep_ensemble" and metadata.member_heads > 1:
+        kept = metadata.member_heads - metadata.member_skip_heads
+        lines += [
+            f"members:        {metadata.members} x {metadata.member_heads} heads "
+            f"({', '.join(metadata.member_head_names)}); open one with --member K",
+            f"member strides: {metadata.member_head_strides}, kept heads {kept} "
+            f"(skip the first {metadata.member_skip_heads})",
+        ]
+    elif metadata.kind == "deep_ensemble":
         lines.append(f"members:        {metadata.members}")
     if metadata.kind == "mc_dropout":
         lines.append(f"samples:        {metadata.samples}")
@@ -71,6 +84,6 @@ def describe(metadata: ModelMetadata) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    metadata = read_metadata(args.model)
+    metadata = read_metadata(args.model, args.member)
     print(metadata.to_json() if args.json else describe(metadata))
     return 0
