@@ -209,3 +209,15 @@ def test_evaluate_names_a_member_with_a_suffix(files):
     assert methods[1].has_aula and methods[1].ensemble_size == 4
     with pytest.raises(InputError, match="give the member after #member="):
         parse_method(f"LE={ensemble}#member=")
+
+
+def test_a_resume_refuses_another_member_under_the_same_name(files, tmp_path):
+    from LayerEnsemblesLib.evaluation.runner import check_resume_models
+
+    _, ensemble = files
+    first = load_methods([f"LE={ensemble}#member=0"])[0]
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"methods": [{"name": "LE", "sha256": first.sha256, "member": 0}]}))
+    check_resume_models(run_file, [first])  # the same member: resumable
+    with pytest.raises(InputError, match="method 'LE' was run as member 0, now as member 1"):
+        check_resume_models(run_file, load_methods([f"LE={ensemble}#member=1"]))
