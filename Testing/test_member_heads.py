@@ -221,3 +221,39 @@ def test_a_resume_refuses_another_member_under_the_same_name(files, tmp_path):
     check_resume_models(run_file, [first])  # the same member: resumable
     with pytest.raises(InputError, match="method 'LE' was run as member 0, now as member 1"):
         check_resume_models(run_file, load_methods([f"LE={ensemble}#member=1"]))
+
+
+def test_a_member_bundle_records_the_member_and_the_review_refuses_it_for_the_whole_file(files, tmp_path):
+    """`segment --member --save-heads` keeps the member's heads; the review, which runs whole files, does
+    not take that bundle up as the loaded deep ensemble's result."""
+    from LayerEnsemblesLib.inference.bundle import load_bundle
+
+    _, ensemble = files
+    image = sitk.GetImageFromArray(np.random.default_rng(2).normal(size=(16, 20, 24)).astype(np.float32))
+    sitk.WriteImage(image, str(tmp_path / "case.nrrd"))
+    result = run_cli(
+        "segment", tmp_path / "case.nrrd", "--model", ensemble, "--member", "1", "--out", tmp_path / "o",
+        "--save-heads", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "o" / "case_report.json").read_text())
+    bundle = load_bundle(report["bundle"])
+    assert bundle.metadata.kind == "layer_ensemble" and bundle.metadata.num_heads == 6
+    assert bundle.model_identity["member"] == 1
+    pytest.importorskip("slicer", reason="slicer-core is not installed")
+    from LayerEnsemblesLib.review.controller import ReviewController
+    from LayerEnsemblesLib.scene import add_volume_from_image, create_scene
+
+    context = create_scene()
+    controller = ReviewController(context, bundle_folder=tmp_path / "kept")
+    errors: list[str] = []
+    controller.subscribe("error", errors.append)
+    try:
+        assert controller.load_model(ensemble)
+        volume = add_volume_from_image(context.scene, image, "case")
+        nodes = context.scene.GetNumberOfNodes()
+        assert not controller.add_from_bundle(volume, report["bundle"])
+        assert "made with member 1 of two-folds alone" in errors[-1] and "\n" not in errors[-1]
+        assert context.scene.GetNumberOfNodes() == nodes and controller.state.cases == []
+    finally:
+        controller.close()
