@@ -26,6 +26,7 @@ from ..scene import (
     show_result,
 )
 from ..scene.heatmaps import HEATMAP_KINDS
+from ..scene.results import add_heatmap
 from . import cases as scene_cases
 from .models import same_model
 
@@ -179,13 +180,21 @@ class ReviewActions:
             case = self.state.current_case
             if case is not None:
                 result = self._results[case.segmentation_id]
-                if kind in result.heatmap_ids:
-                    result.shown_heatmap = kind
-                    self._show(case, result)
-                else:
-                    self._recombine(case, result, heatmap_kind=kind)
+                self._use_heatmap_kind(case, result)
+                self._show(case, result)
                 return
         self._changed()
+
+    def _use_heatmap_kind(self, case, result) -> None:
+        """The review's heatmap kind on this case (one review-wide choice, as a reviewer expects when
+        stepping through cases); a missing map is computed from the bundle, the segmentation untouched."""
+        kind = self.state.heatmap_kind
+        if result.shown_heatmap == kind and kind in result.heatmap_ids:
+            return
+        if kind not in result.heatmap_ids:
+            result = self._loaded(case, result)
+        heads = scene_cases.head_range(case.kept_heads) if case.kept_heads else None
+        add_heatmap(self.context, result, self._reference(result), kind, heads)
 
     # -- navigation ------------------------------------------------------------------------------------
 
@@ -205,6 +214,7 @@ class ReviewActions:
             )
         if self._settings_apply_to(case) and case.kept_heads is not None:
             self.state.kept_heads, self.state.threshold = case.kept_heads, case.threshold
+        self._use_heatmap_kind(case, result)
         self._show(case, result)
         return True
 

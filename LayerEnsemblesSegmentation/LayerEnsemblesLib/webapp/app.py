@@ -71,6 +71,7 @@ class ReviewWebApp(TrameApp):
         self._dirty = False  # the controller's state changed since the page was last updated
         self.controller.subscribe("state_changed", self._mark_dirty)
         self.controller.set_device(device)
+        self.recorder.restore_settings(self.controller)  # the heatmap kind of an earlier server
         self.host.editor.set_undo_stack(UndoStack())
         self.state.trame__title = "LayerEnsembles review"
         self.state.update(
