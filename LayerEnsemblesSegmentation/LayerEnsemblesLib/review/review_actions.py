@@ -27,6 +27,7 @@ from ..scene import (
 )
 from ..scene.heatmaps import HEATMAP_KINDS
 from ..scene.results import add_heatmap
+from ..scene.surfaces import show_in_3d
 from . import cases as scene_cases
 from .models import same_model
 
@@ -116,6 +117,7 @@ class ReviewActions:
 
     def _show(self, case, result) -> None:
         show_result(self.context, result, self.state.heatmap_opacity)
+        show_in_3d(self.context, result)
         self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
         self._changed()
         self._emit("result_shown", case)

@@ -25,6 +25,7 @@ from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views
 from .plots import write_agreement_plot
 from .regions import UncertainRegion, find_uncertain_regions, jump_to_region
 from .segmentation import create_segmentation_node, is_user_edited, write_segments
+from .surfaces import uncertain_region_id
 
 HEATMAP_ROLE_PREFIX = "LayerEnsembles.heatmap."
 TABLE_ROLE = "LayerEnsembles.agreementTable"
@@ -213,7 +214,8 @@ def next_region(context: SceneContext, result: CaseResult) -> UncertainRegion | 
 def remove_result(context: SceneContext, result: CaseResult) -> None:
     """Remove every node this case created, with their display, storage, legend and plot-series nodes."""
     doomed = []
-    for node_id in result.node_ids():
+    surface_id = uncertain_region_id(context.node(result.segmentation_id))
+    for node_id in [*result.node_ids(), *([surface_id] if surface_id else [])]:
         node = context.node(node_id)
         if node is None:
             continue

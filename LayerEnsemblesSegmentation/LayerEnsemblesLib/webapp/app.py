@@ -154,7 +154,7 @@ class ReviewWebApp(TrameApp):
             (to_reuse if bundle else to_segment).append((volume, bundle))
         if to_reuse or to_segment:
             first = (to_reuse or to_segment)[0][0]
-            self.host.app.display_manager.show_volume(first, do_reset_views=True)
+            self.host.show_input(first)
         if model_ok:
             reused = [volume for volume, bundle in to_reuse if self._reuse(volume, bundle)]
             to_segment += [(volume, None) for volume, _ in to_reuse if volume not in reused]
