@@ -1,5 +1,5 @@
 """The 3D view of a shown result on a real slicer-core scene: segment surfaces in the model's colours,
-the uncertain region (what the slice views colour) as its own translucent 3D-only surface, rebuilt only
+the uncertain region (what the slice views colour) as its own 3D-only red surface, rebuilt only
 when the heatmap changed, the camera framed on the case, and everything removed with the case."""
 
 from __future__ import annotations

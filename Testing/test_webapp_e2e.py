@@ -207,7 +207,6 @@ def test_the_3d_view_shows_the_segment_surfaces_and_the_uncertain_region(page):
     red, green, blue = threed[..., 0], threed[..., 1], threed[..., 2]
     uncertain = (red > 100) & (green < 0.45 * red) & (blue < 0.45 * red)  # red, not the orange segment
     assert np.count_nonzero(uncertain) > 20
-    save_screenshot(page, "webapp_3d.png")
 
 
 # -- 2. threshold -------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from ..scene import (
     set_heatmap_opacity,
     show_result,
 )
-from ..scene.heatmaps import HEATMAP_KINDS
+from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
 from ..scene.results import add_heatmap
 from ..scene.surfaces import show_in_3d
 from . import cases as scene_cases
@@ -216,7 +216,10 @@ class ReviewActions:
             )
         if self._settings_apply_to(case) and case.kept_heads is not None:
             self.state.kept_heads, self.state.threshold = case.kept_heads, case.threshold
-        self._use_heatmap_kind(case, result)
+        try:
+            self._use_heatmap_kind(case, result)
+        except InputError as error:  # e.g. its bundle is gone: the case still opens, with the map it has
+            self.state.status = f"{case.name}: {HEATMAP_LABELS[self.state.heatmap_kind]} not shown ({error})"
         self._show(case, result)
         return True
 

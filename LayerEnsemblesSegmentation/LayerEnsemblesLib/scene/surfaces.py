@@ -5,9 +5,11 @@ segmentation (its segments as surfaces, in the model's colours) and where it is 
 case's segmentation gets a closed-surface representation shown in 3D, and the voxels the slice views
 colour (the shown heatmap at or above its visibility level) become one red surface in a small
 segmentation node of its own ("uncertain region", 3D only, unsmoothed so that a single doubtful voxel
-stays visible), rebuilt only when that heatmap or level changed; the segments are translucent so that
-the region shows through them. The 3D camera is framed on the case when another case is shown, and
-left alone otherwise (a reviewer's rotation survives a change of heads or threshold).
+stays visible), rebuilt only when that heatmap or level changed. Where the heads disagree at the
+boundary, red patches stand out of the smoothed segment surfaces. Both are opaque: in trame-slicer's
+offscreen (llvmpipe) 3D view a translucent surface was not drawn at all, with or without depth peeling.
+The 3D camera is framed on the case when another case is shown, and left alone otherwise (a
+reviewer's rotation survives a change of heads or threshold).
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ SOURCE_ATTRIBUTE = "LayerEnsembles.UncertainSource"  # what the surface was buil
 FRAMED_ATTRIBUTE = "LayerEnsembles.FramedSegmentation"  # on a camera node: the case it was framed on
 # The heatmap colour table's dark-red anchor: reads as "doubtful" and differs from the segment colours.
 UNCERTAIN_COLOR = (240 / 255, 59 / 255, 32 / 255)
-UNCERTAIN_OPACITY = 0.9
-SEGMENT_OPACITY_3D = 0.6  # translucent: the uncertain region inside or behind a segment shows through
+UNCERTAIN_OPACITY = 1.0  # opaque: translucent surfaces were not drawn by the offscreen web 3D view
 SURFACE_ROLES = ("segmentation", UNCERTAIN_ROLE)
 
 
 def show_in_3d(context: SceneContext, result, level: float = DEFAULT_VISIBLE_FROM) -> None:
-    """Show ``result`` in the 3D views: its segments as translucent surfaces, its uncertain region in red
-    among them; every other case's surfaces hidden. The 2D display is not touched."""
+    """Show ``result`` in the 3D views: its segments as surfaces, its uncertain region in red among them;
+    every other case's surfaces hidden. The 2D display is not touched."""
     segmentation = context.node(result.segmentation_id)
     if segmentation is None:
         return
@@ -61,7 +62,6 @@ def _show_segment_surfaces(segmentation) -> None:
     if display is not None:
         display.SetPreferredDisplayRepresentationName3D(closed)
         display.SetVisibility3D(True)
-        display.SetOpacity3D(SEGMENT_OPACITY_3D)
 
 
 def uncertain_mask(heatmap_node, level: float) -> tuple[np.ndarray, sitk.Image]:
