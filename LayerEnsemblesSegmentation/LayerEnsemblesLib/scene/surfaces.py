@@ -15,11 +15,11 @@ reviewer's rotation survives a change of heads or threshold).
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 import slicer
+import vtk
+from vtk.util import numpy_support
 
 from .bootstrap import SceneContext
-from .geometry import image_from_volume, oriented_image_from_array
 from .heatmaps import DEFAULT_VISIBLE_FROM
 from .segmentation import INPUT_REFERENCE_ROLE, ROLE_ATTRIBUTE, place_next_to
 
@@ -64,11 +64,31 @@ def _show_segment_surfaces(segmentation) -> None:
         display.SetVisibility3D(True)
 
 
-def uncertain_mask(heatmap_node, level: float) -> tuple[np.ndarray, sitk.Image]:
-    """The voxels the slice views colour: the shown (uncertainty-oriented, 0-1) heatmap at or above
-    ``level``, as a (z, y, x) boolean array with the map's geometry."""
-    image = image_from_volume(heatmap_node)
-    return sitk.GetArrayViewFromImage(image) >= level, image
+def uncertain_labelmap(heatmap_node, level: float) -> slicer.vtkOrientedImageData:
+    """The voxels the slice views colour (the shown, uncertainty-oriented 0-1 heatmap at or above
+    ``level``) as a labelmap cropped to where they are: its surface is made from that extent only (the
+    whole grid of a 256 x 256 x 160 volume took 0.6 s, mostly on empty voxels)."""
+    data = heatmap_node.GetImageData()
+    columns, rows, slices = data.GetDimensions()
+    values = numpy_support.vtk_to_numpy(data.GetPointData().GetScalars()).reshape(slices, rows, columns)
+    mask = values >= level
+    matrix = vtk.vtkMatrix4x4()
+    heatmap_node.GetIJKToRASMatrix(matrix)  # a volume node's image data has unit spacing, zero origin
+    labelmap = slicer.vtkOrientedImageData()
+    labelmap.SetImageToWorldMatrix(matrix)
+    if not mask.any():
+        labelmap.SetExtent(0, 0, 0, 0, 0, 0)
+        labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        labelmap.GetPointData().GetScalars().Fill(0)
+        return labelmap
+    z = np.flatnonzero(mask.any(axis=(1, 2)))
+    y = np.flatnonzero(mask.any(axis=(0, 2)))
+    x = np.flatnonzero(mask.any(axis=(0, 1)))
+    labelmap.SetExtent(int(x[0]), int(x[-1]), int(y[0]), int(y[-1]), int(z[0]), int(z[-1]))
+    labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    box = mask[z[0] : z[-1] + 1, y[0] : y[-1] + 1, x[0] : x[-1] + 1]
+    numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = box.astype(np.uint8).ravel()
+    return labelmap
 
 
 def update_uncertain_region(context: SceneContext, segmentation, heatmap_node, level: float):
@@ -80,10 +100,9 @@ def update_uncertain_region(context: SceneContext, segmentation, heatmap_node, l
     source = f"{heatmap_node.GetID()}@{image_data.GetMTime() if image_data else 0}>={level:g}"
     if node.GetAttribute(SOURCE_ATTRIBUTE) == source:
         return node
-    mask, image = uncertain_mask(heatmap_node, level)
-    oriented = oriented_image_from_array(mask, image)
+    labelmap = uncertain_labelmap(heatmap_node, level)
     if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-        oriented, node, UNCERTAIN_SEGMENT
+        labelmap, node, UNCERTAIN_SEGMENT
     ):
         raise RuntimeError(f"{node.GetName()}: could not write the uncertain region")
     node.SetAttribute(SOURCE_ATTRIBUTE, source)
