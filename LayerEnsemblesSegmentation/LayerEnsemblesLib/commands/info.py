@@ -31,9 +31,12 @@ def describe_normalization(normalization: dict) -> str:
 def describe(metadata: ModelMetadata) -> str:
     """A summary a radiologist or an engineer can read; the Slicer module shows the same text."""
     kept = metadata.num_heads - metadata.skip_heads
+    # a 2D model's patch and divisor are per axial slice (y, x); the engine runs it slice by slice
+    dims = "2D, slice by slice on axial (z) slices" if metadata.spatial_dims == 2 else "3D"
+    patch_axes = "(y, x) per slice" if metadata.spatial_dims == 2 else "(z, y, x)"
     lines = [
         f"name:           {metadata.name} ({metadata.kind}, format v{metadata.format_version})",
-        f"network:        {metadata.spatial_dims}D, {metadata.in_channels} input channel(s)",
+        f"network:        {dims}, {metadata.in_channels} input channel(s)",
         "classes:        " + ", ".join(f"{c.value}={c.name}" for c in metadata.classes),
         f"heads:          {metadata.num_heads} ({', '.join(metadata.head_names)})",
         f"head strides:   {metadata.head_strides}",
@@ -41,7 +44,7 @@ def describe(metadata: ModelMetadata) -> str:
         f"target spacing: {metadata.target_spacing or 'native'} mm (x, y, z)",
         f"orientation:    {metadata.orientation or 'as given'}",
         f"normalisation:  {describe_normalization(metadata.normalization)}",
-        f"patch size:     {metadata.patch_size} (z, y, x), size divisor {metadata.size_divisor}",
+        f"patch size:     {metadata.patch_size} {patch_axes}, size divisor {metadata.size_divisor}",
         "AULA threshold: "
         + (
             f"{metadata.aula_threshold:.3f} (calibrated)"
