@@ -1,12 +1,13 @@
 """``layer-ensembles convert nnunet --configuration 2d`` on real 2D nnU-Net v2 models made by nnU-Net's code.
 
-Two fixtures (Testing/fixtures/make_nnunet_fixture.py, one fold of nnUNetTrainer_1epoch each):
+Two fixtures (Testing/fixtures/make_nnunet_fixture.py, one fold each, trained by nnU-Net on the CPU):
 
-- ``Dataset902_LETinyAxial`` 2d: 1.5 mm slices along z, 1 mm in-plane, so nnU-Net's transpose is the
-  identity and its 2D network runs on axial slices, as the engine runs 2D models. The converted final
-  head is checked against nnUNetPredictor itself (mirroring off, step 0.5, Gaussian, CPU).
-- ``Dataset901_LETiny`` 2d: 1.5 mm voxels along x, so nnU-Net's transpose is [2, 0, 1] and its 2D
-  network slices along x; the converter refuses it in one line.
+- ``Dataset902_LETinyAxial`` 2d (nnUNetTrainer_5epochs, validation Dice 0.999): 1.5 mm slices along z,
+  1 mm in-plane, so nnU-Net's transpose is the identity and its 2D network runs on axial slices, as
+  the engine runs 2D models. The converted final head is checked against nnUNetPredictor itself
+  (mirroring off, step 0.5, Gaussian, CPU).
+- ``Dataset901_LETiny`` 2d (nnUNetTrainer_1epoch): 1.5 mm voxels along x, so nnU-Net's transpose is
+  [2, 0, 1] and its 2D network slices along x; the converter refuses it in one line.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _maker = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_maker)
 make_case = _maker.make_case
 AXIAL = FIXTURES / "Dataset902_LETinyAxial"
-AXIAL_MODEL = AXIAL / "nnUNetTrainer_1epoch__nnUNetPlans__2d"
+AXIAL_MODEL = AXIAL / "nnUNetTrainer_5epochs__nnUNetPlans__2d"
 SAGITTAL = FIXTURES / "Dataset901_LETiny"
 SAGITTAL_MODEL = SAGITTAL / "nnUNetTrainer_1epoch__nnUNetPlans__2d"
 AXIAL_SPACING_XYZ = (1.0, 1.0, 1.5)
@@ -121,23 +122,46 @@ def test_metadata_and_info_say_2d(axial):
 
 
 @pytest.mark.parametrize(
-    "shape",
-    [(24, 32, 32), (24, 64, 32), (24, 48, 40), (24, 26, 28)],
-    ids=["one-window", "three-windows", "six-windows", "below-patch"],
+    ("shape", "spacing_xyz"),
+    [
+        ((24, 32, 32), AXIAL_SPACING_XYZ),
+        ((24, 26, 28), AXIAL_SPACING_XYZ),
+        ((24, 64, 32), AXIAL_SPACING_XYZ),
+        ((24, 48, 40), AXIAL_SPACING_XYZ),
+    ],
+    ids=["one-window", "below-patch", "three-windows", "six-windows"],
 )
-def test_final_head_reproduces_nnunet_predictor(axial, shape):
-    """Same tiling (in-plane sizes a multiple of the divisor, or below the patch): same windows per slice."""
-    images, _ = make_case(100, shape, AXIAL_SPACING_XYZ)
+def test_final_head_reproduces_nnunet_predictor(axial, shape, spacing_xyz):
+    """Same tiling (in-plane size a multiple of the divisor, or below the patch): same windows per slice."""
+    images, _ = make_case(100, shape, spacing_xyz)
     theirs_segmentation, theirs = nnunet_prediction(images)
     ours_segmentation, ours = our_prediction(axial, images)
-    assert len(np.unique(theirs_segmentation)) >= 2  # a real segmentation, not a constant
+    assert set(np.unique(theirs_segmentation)) == {0, 1, 2}  # every class: a model that segments
     agreement = float((ours_segmentation == theirs_segmentation).mean())
     assert agreement >= 0.995, agreement
     difference = np.abs(ours - theirs)
-    if shape[1] <= 32 and shape[2] <= 32:  # one window per slice: only float16 rounding differs
-        assert difference.max() < 1e-3, difference.max()
+    if shape[1] <= 32 and shape[2] <= 32:
+        # one window per slice: nnU-Net accumulates the Gaussian-weighted logits (x10) in float16, whose
+        # step at 128..256 is 0.125, so confident logits move a probability by up to ~3e-3; with its
+        # accumulator in float32 the two agree within 3e-6 (docs/nnunet.md)
+        assert np.percentile(difference, 99.9) < 1e-3, np.percentile(difference, 99.9)
+        assert difference.max() < 3e-3, difference.max()
     else:  # overlapping windows: the Gaussian's centre differs by half a voxel (see docs/nnunet.md)
-        assert np.percentile(difference, 99) < 2e-3, np.percentile(difference, 99)
+        assert np.percentile(difference, 99) < 1e-3, np.percentile(difference, 99)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing_xyz"),
+    [((24, 50, 37), AXIAL_SPACING_XYZ), ((24, 40, 40), (0.8, 0.8, 1.5))],
+    ids=["other-window-starts", "in-plane-0.8mm"],
+)
+def test_where_tiling_or_spacing_differs_labels_still_agree(axial, shape, spacing_xyz):
+    """Window starts differ (sizes off the divisor) or nnU-Net resamples in-plane and the engine does not."""
+    images, _ = make_case(100, shape, spacing_xyz)
+    theirs_segmentation, _ = nnunet_prediction(images)
+    ours_segmentation, _ = our_prediction(axial, images)
+    agreement = float((ours_segmentation == theirs_segmentation).mean())
+    assert agreement >= 0.995, agreement
 
 
 def test_segment_with_maps_and_aula_on_the_2d_file(axial, tmp_path):
