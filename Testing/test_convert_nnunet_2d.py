@@ -34,6 +34,7 @@ from LayerEnsemblesLib.convert.nnunet import (  # noqa: E402
 )
 from LayerEnsemblesLib.errors import InputError  # noqa: E402
 from LayerEnsemblesLib.inference import Predictor  # noqa: E402
+from LayerEnsemblesLib.preprocessing import to_network_space  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nnunet_tiny"
 _spec = importlib.util.spec_from_file_location(
@@ -112,12 +113,13 @@ def test_metadata_and_info_say_2d(axial):
     assert metadata.spatial_dims == 2 and metadata.kind == "layer_ensemble"
     assert metadata.patch_size == [32, 32] and metadata.size_divisor == [8, 8]
     assert metadata.head_strides == [4, 2, 1] and metadata.skip_heads == 1
-    assert metadata.target_spacing is None  # in-plane spacing is not resampled (noted in the provenance)
-    assert any("2D configuration" in n for n in metadata.provenance["not_reproduced"])
+    assert metadata.target_spacing == [1.0, 1.0, None]  # the plans' in-plane spacing; slices kept
+    assert "not_reproduced" not in metadata.provenance
     result = run_cli("info", axial)
     assert result.returncode == 0, result.stderr
     assert "network:        2D, slice by slice on axial (z) slices, 2 input channel(s)" in result.stdout
     assert "patch size:     [32, 32] (y, x) per slice" in result.stdout
+    assert "target spacing: [1.0, 1.0] mm (x, y) in-plane; slice spacing (z) native" in result.stdout
     assert "nnU-Net configuration 2d, fold 0" in result.stdout
 
 
@@ -156,12 +158,26 @@ def test_final_head_reproduces_nnunet_predictor(axial, shape, spacing_xyz):
     ids=["other-window-starts", "in-plane-0.8mm"],
 )
 def test_where_tiling_or_spacing_differs_labels_still_agree(axial, shape, spacing_xyz):
-    """Window starts differ (sizes off the divisor) or nnU-Net resamples in-plane and the engine does not."""
+    """Window starts differ (sizes off the divisor), or both resample in-plane but differently.
+
+    nnU-Net resamples the image with cubic splines and its probabilities back (linear) before the
+    argmax; the engine resamples linearly and maps its network-space labels back by nearest neighbour,
+    which moves thin boundaries most (docs/nnunet.md has the numbers).
+    """
     images, _ = make_case(100, shape, spacing_xyz)
     theirs_segmentation, _ = nnunet_prediction(images)
-    ours_segmentation, _ = our_prediction(axial, images)
+    ours_segmentation, ours = our_prediction(axial, images)
     agreement = float((ours_segmentation == theirs_segmentation).mean())
     assert agreement >= 0.995, agreement
+    assert float((ours.argmax(0) == theirs_segmentation).mean()) >= agreement  # the label resampling
+
+
+def test_slices_are_resampled_in_plane_only_as_nnunet_does(axial):
+    """0.8 mm pixels become the plans' 1 mm; the 24 slices of 1.5 mm stay as they are."""
+    images, _ = make_case(3, (24, 40, 40), (0.8, 0.8, 1.5))
+    array, geometry = to_network_space(sitk.Compose(images), read_metadata(axial))
+    assert array.shape == (2, 24, 32, 32)
+    assert geometry.reference.GetSpacing() == pytest.approx((1.0, 1.0, 1.5))
 
 
 def test_segment_with_maps_and_aula_on_the_2d_file(axial, tmp_path):

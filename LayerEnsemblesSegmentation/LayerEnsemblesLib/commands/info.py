@@ -28,6 +28,15 @@ def describe_normalization(normalization: dict) -> str:
     return one(normalization)
 
 
+def describe_spacing(spacing: list[float | None] | None) -> str:
+    """``native``, three values, or a 2D model's in-plane values with its slices kept (z null)."""
+    if spacing is None:
+        return "native mm (x, y, z)"
+    if spacing[2] is None:
+        return f"{spacing[:2]} mm (x, y) in-plane; slice spacing (z) native"
+    return f"{spacing} mm (x, y, z)"
+
+
 def describe(metadata: ModelMetadata) -> str:
     """A summary a radiologist or an engineer can read; the Slicer module shows the same text."""
     kept = metadata.num_heads - metadata.skip_heads
@@ -41,7 +50,7 @@ def describe(metadata: ModelMetadata) -> str:
         f"heads:          {metadata.num_heads} ({', '.join(metadata.head_names)})",
         f"head strides:   {metadata.head_strides}",
         f"kept heads:     {kept} (skip the first {metadata.skip_heads})",
-        f"target spacing: {metadata.target_spacing or 'native'} mm (x, y, z)",
+        f"target spacing: {describe_spacing(metadata.target_spacing)}",
         f"orientation:    {metadata.orientation or 'as given'}",
         f"normalisation:  {describe_normalization(metadata.normalization)}",
         f"patch size:     {metadata.patch_size} {patch_axes}, size divisor {metadata.size_divisor}",
