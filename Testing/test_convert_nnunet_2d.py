@@ -131,7 +131,7 @@ def test_metadata_and_info_say_2d(axial):
         ((24, 64, 32), AXIAL_SPACING_XYZ),
         ((24, 48, 40), AXIAL_SPACING_XYZ),
     ],
-    ids=["one-window", "below-patch", "three-windows", "six-windows"],
+    ids=["one-window", "below-patch", "three-windows", "four-windows"],
 )
 def test_final_head_reproduces_nnunet_predictor(axial, shape, spacing_xyz):
     """Same tiling (in-plane size a multiple of the divisor, or below the patch): same windows per slice."""
