@@ -59,7 +59,7 @@ class ModelMetadata:
     head_names: list[str]
     head_strides: list[int]
     skip_heads: int = 0
-    target_spacing: list[float] | None = None
+    target_spacing: list[float | None] | None = None  # (x, y, z) mm; a 2D model may leave z None
     orientation: str | None = None
     normalization: dict[str, Any] = field(
         default_factory=lambda: {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5}

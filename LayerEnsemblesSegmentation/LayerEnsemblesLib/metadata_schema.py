@@ -92,7 +92,7 @@ def _check_fields(document: dict[str, Any], problems: _Problems) -> None:
     _check_classes(get("classes"), problems)
     divisor = _check_sizes(document, dims, problems)
     _check_heads(document, kind, divisor, problems)
-    _check_spacing(get("target_spacing"), problems)
+    _check_spacing(get("target_spacing"), dims, problems)
     _check_orientation(get("orientation"), problems)
     normalization = get("normalization", {"method": "percentile_zscore"})
     if isinstance(normalization, dict) and normalization.get("method") == PER_CHANNEL:
@@ -273,7 +273,8 @@ def _check_heads(document: dict[str, Any], kind: Any, divisor: list[int] | None,
     _check_member_heads(document, kind, divisor, problems)
 
 
-def _check_spacing(spacing: Any, problems: _Problems) -> None:
+def _check_spacing(spacing: Any, dims: Any, problems: _Problems) -> None:
+    """Three mm values (x, y, z); a 2D model may leave z null: its slices are kept as they are."""
     if spacing is None:
         return
     if not isinstance(spacing, list) or len(spacing) != 3:
@@ -282,6 +283,11 @@ def _check_spacing(spacing: Any, problems: _Problems) -> None:
         )
         return
     for index, value in enumerate(spacing):
+        if index == 2 and value is None:
+            if dims == 3:
+                problems.add("target_spacing[2]", "may be null only for a 2D model (its slices are kept)")
+                return
+            continue
         if not _is_number(value) or value <= 0:
             problems.add(
                 f"target_spacing[{index}]", f"must be a positive finite number of mm, not {_show(value)}"
