@@ -209,7 +209,7 @@ def test_bad_input_is_one_line_each(tmp_path):
     out = tmp_path / "out.pt"
     assert "not an nnU-Net model folder" in _error(tmp_path, out)
     assert "fold 3 is missing" in _error(MODEL, out, {"folds": ["3"]})
-    assert "configuration '2d' was not trained" in _error(DATASET, out, {"configuration": "2d"})
+    assert "configuration '3d_lowres' was not trained" in _error(DATASET, out, {"configuration": "3d_lowres"})
 
     unknown = _copy_model(tmp_path / "trainer")
     checkpoint = torch.load(unknown / "fold_0" / "checkpoint_final.pth", weights_only=False)
@@ -246,7 +246,7 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     code = cli_main(["convert", "nnunet", str(tmp_path), "--out", str(tmp_path / "x.pt")])
     assert code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
-    result = run_cli("convert", "nnunet", DATASET, "--configuration", "2d", "--out", tmp_path / "y.pt")
+    result = run_cli("convert", "nnunet", DATASET, "--configuration", "3d_lowres", "--out", tmp_path / "y.pt")
     assert result.returncode == 2 and len(error_lines(result.stderr)) == 1
 
 

@@ -84,6 +84,8 @@ BAD_FIELDS = {
         ("target_spacing.1", NAN, "target_spacing[1] must be a positive finite number of mm, not nan"),
         ("target_spacing.0", math.inf, "target_spacing[0] must be a positive finite number of mm, not inf"),
         ("target_spacing.2", 0, "target_spacing[2] must be a positive finite number of mm, not 0"),
+        ("target_spacing.2", None, "target_spacing[2] may be null only for a 2D model (its slices are kept)"),
+        ("target_spacing.1", None, "target_spacing[1] must be a positive finite number of mm, not None"),
         ("orientation", "RAX", "orientation must be null or a code such as RAS"),
         ("orientation", "RAR", "orientation must be null or a code such as RAS"),
         ("orientation", "ras", "orientation must be null or a code such as RAS"),

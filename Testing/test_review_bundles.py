@@ -19,7 +19,9 @@ from LayerEnsemblesLib.fileio import read_image
 from LayerEnsemblesLib.quality import NO_MAP_TEXT, QualityMap
 from LayerEnsemblesLib.review.cases import BUNDLE_ATTRIBUTE
 from LayerEnsemblesLib.review.controller import ReviewController
+from LayerEnsemblesLib.review.recorder import ReviewRecorder
 from LayerEnsemblesLib.scene import add_volume_from_image, create_scene, segment_array
+from LayerEnsemblesLib.scene.heatmaps import KIND_ATTRIBUTE
 from scene_support import blob_image
 
 # Expected Dice rises with the normalised AULA over the whole range, so every defined score has an estimate.
@@ -152,3 +154,70 @@ def test_a_case_segmented_in_the_child_carries_its_estimated_dice(segmented, tmp
             assert (case.estimated_dice is None) == (name == "plain")
     finally:
         controller.close()
+
+
+def _foreground_kind(context) -> str:
+    """The heatmap kind the slice views show (every view shows the same foreground)."""
+    kinds = {
+        context.node(composite.GetForegroundVolumeID()).GetAttribute(KIND_ATTRIBUTE)
+        for composite in context.nodes_by_class("vtkMRMLSliceCompositeNode")
+    }
+    assert len(kinds) == 1, kinds
+    return kinds.pop()
+
+
+def test_a_restarted_review_shows_the_kept_heads_threshold_and_heatmap_kind_again(segmented, tmp_path):
+    """What the web app does on a restart, without the browser: the review file in the same folder gives
+    the case its kept heads and threshold back (so the same AULA and decision) and the review its
+    heatmap kind; a correction-free case keeps the reviewer's decision."""
+    image_path, runs = segmented
+    model, _, report = runs["plain"]
+    folder = tmp_path / "review"
+
+    def start():
+        context = create_scene()
+        controller = ReviewController(context, bundle_folder=tmp_path / "kept", engine_factory=_refuse_child)
+        errors: list[str] = []
+        controller.subscribe("error", errors.append)
+        recorder = ReviewRecorder.open(folder)
+        recorder.restore_settings(controller)
+        assert controller.load_model(model)
+        recorder.inputs["case"] = str(image_path)
+        record = recorder.get("case")
+        volume = add_volume_from_image(context.scene, read_image(image_path), "case")
+        assert controller.add_from_bundle(volume, record.bundle if record else report["bundle"]), errors
+        return context, controller, recorder, errors
+
+    context, controller, recorder, errors = start()
+    assert recorder.sync(controller.state)
+    default_heads = controller.state.current_case.kept_heads
+    assert default_heads != (2, 5)
+    assert controller.set_kept_heads(2, 5) and controller.set_threshold(0.42), errors
+    controller.set_heatmap(kind="entropy")
+    assert controller.flag(), errors
+    assert recorder.sync(controller.state)
+    before = controller.state.current_case
+    assert _foreground_kind(context) == "entropy"
+    written = json.loads((folder / "review.json").read_text(encoding="utf-8"))
+    assert written["settings"] == {"heatmap_kind": "entropy"}
+    assert written["cases"][0]["kept_heads"] == "2-5" and written["cases"][0]["threshold"] == 0.42
+    assert "kept_heads" in (folder / "review.csv").read_text(encoding="utf-8").splitlines()[0]
+    controller.close()
+
+    context, controller, recorder, errors = start()  # the restarted server, a fresh scene
+    assert controller.state.heatmap_kind == "entropy" and _foreground_kind(context) == "entropy"
+    taken_up = controller.state.current_case
+    assert taken_up.kept_heads == default_heads and taken_up.reviewer_decision == ""
+    assert not recorder.sync(controller.state)  # the record is not overwritten before it is given back
+    assert recorder.pending_resume(controller.state)
+    recorder.resume(controller, context)
+    assert errors == [] and recorder.errors == []
+    after = controller.state.current_case
+    assert (after.kept_heads, after.threshold) == ((2, 5), 0.42)
+    assert (controller.state.kept_heads, controller.state.threshold) == ((2, 5), 0.42)
+    assert after.score == pytest.approx(before.score, abs=1e-6) and after.score != taken_up.score
+    assert (after.model_decision, after.reviewer_decision) == (before.model_decision, "flagged")
+    assert _foreground_kind(context) == "entropy"
+    assert not recorder.pending_resume(controller.state)
+    assert not recorder.sync(controller.state)  # nothing changed: the reviewer's time is kept
+    controller.close()

@@ -227,6 +227,39 @@ def test_switching_model_keeps_the_shown_result_until_it_is_segmented_again(
     assert controller.open_case(0) and controller.state.current_case.model_name == "tiny-test-model"
 
 
+def test_a_batch_shows_its_cases_queued_then_segmenting_until_each_has_its_result(review, tiny_model_file):
+    """What the worklist shows while the child runs: every case without a result, in run order, queued
+    until the child starts it, then segmenting with its share done; gone once its result is in."""
+    context, controller, events = review
+    volumes = blob_volumes(context, 3)
+    controller.load_model(tiny_model_file)
+    snapshots = []
+    controller.subscribe(
+        "progress",
+        lambda _payload: snapshots.append(
+            (
+                [(q.name, q.status, q.fraction) for q in controller.state.run.cases],
+                len(controller.state.cases),
+            )
+        ),
+    )
+    assert controller.segment_volumes(volumes)
+    names = [volume.GetName() for volume in volumes]
+    assert [(q.name, q.status) for q in controller.state.run.cases] == [(n, "queued") for n in names]
+    run_to_end(controller)
+    assert not events.of("error") and len(controller.state.cases) == 3
+    assert controller.state.run.cases == [] and not controller.state.run.running
+    # The first case started while the others waited; each case left the queue when its result came in.
+    assert (
+        [(names[0], "running", 0.0), (names[1], "queued", 0.0), (names[2], "queued", 0.0)],
+        0,
+    ) in snapshots
+    for done in range(3):
+        shown = [queue for queue, results in snapshots if results == done]
+        assert shown and all([name for name, _, _ in queue] == names[done:] for queue in shown)
+    assert any(0.0 < fraction < 1.0 for queue, _ in snapshots for _, status, fraction in queue)
+
+
 def cancel_after_first_commit(controller: ReviewController, action) -> None:
     """Do ``action`` from the progress event that follows the first committed case (as a click would)."""
 

@@ -38,8 +38,10 @@ from webapp_support import (
 
 CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_008"]
 AXIAL = 0  # the "Axial Primary" layout's large view
+THREED = 1  # its 3D view (top right)
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "Resources" / "Screenshots"
 ANTERIOR, POSTERIOR = (230, 159, 0), (86, 180, 233)  # the demo model's class colours
+PROGRESS_CASES = 6  # enough for the run to last while the page connects
 ESTIMATE = r"estimated Dice \d\.\d\d \(\d\.\d\d–\d\.\d\d\)"
 
 
@@ -129,6 +131,15 @@ def settled_state(page, name: str, pause: float = 0.6):
     return wait_until(settled, 20, 0.0, f"{name} to settle")[0]
 
 
+def choose_heatmap(page, title: str) -> None:
+    page.locator(".v-select").first.click()
+    page.locator(".v-overlay .v-list-item", has_text=title).first.click()
+
+
+def review_document(out: Path) -> dict:
+    return json.loads((out / "review.json").read_text(encoding="utf-8"))
+
+
 def save_screenshot(page, name: str) -> None:
     """Into Resources/Screenshots when LAYER_ENSEMBLES_SCREENSHOTS=1 (to refresh the committed ones)."""
     if os.environ.get("LAYER_ENSEMBLES_SCREENSHOTS") == "1":
@@ -180,14 +191,22 @@ def test_views_draw_mri_with_segmentation_and_heatmap_and_the_worklist_is_sorted
 
     # The heatmap kind: another map is computed from the bundle (no network pass) and drawn.
     before = wait_frame_stable(page, AXIAL)
-    page.locator(".v-select").first.click()
-    page.locator(".v-overlay .v-list-item", has_text="entropy").first.click()
+    choose_heatmap(page, "entropy")
     wait_until(lambda: state(page, "le_heatmap") == "entropy", 10, message="entropy chosen")
     wait_frame_change(page, AXIAL, before, timeout=30)
-    page.locator(".v-select").first.click()
-    page.locator(".v-overlay .v-list-item", has_text="layer disagreement").first.click()
+    choose_heatmap(page, "layer disagreement")
     wait_until(lambda: state(page, "le_heatmap") == "agreement", 10, message="agreement chosen again")
     wait_frame_stable(page, AXIAL)
+
+
+def test_the_3d_view_shows_the_segment_surfaces_and_the_uncertain_region(page):
+    """No volume rendering: the shown case's segments as surfaces in the model's colours, and its
+    uncertain region (what the slice views colour) as a translucent red surface over them."""
+    threed = wait_frame_stable(page, THREED).astype(int)
+    assert coloured_pixels(threed, ANTERIOR) > 50 and coloured_pixels(threed, POSTERIOR) > 50
+    red, green, blue = threed[..., 0], threed[..., 1], threed[..., 2]
+    uncertain = (red > 100) & (green < 0.45 * red) & (blue < 0.45 * red)  # red, not the orange segment
+    assert np.count_nonzero(uncertain) > 20
 
 
 # -- 2. threshold -------------------------------------------------------------------------------------
@@ -383,6 +402,25 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
     wait_frame_change(page, AXIAL, erased)
     undone = wait_frame_stable(page, AXIAL)
     assert np.abs(undone.astype(int) - painted).mean() < np.abs(erased.astype(int) - painted).mean()
+    # Another case gets other kept heads, and the review another heatmap kind: both come back too.
+    other = next(n for n in rows_by_name(page) if n != name)
+    page.locator("#le-worklist tr.le-row", has_text=other).click()
+    wait_until(lambda: current_name(page) == other, 10, message="other case shown")
+    first_head, last_head = state(page, "le_heads")
+    score = rows_by_name(page)[other]["score"]
+    press_slider(page, "#le-heads", "ArrowRight", 1, thumb=0)
+    wait_until(lambda: rows_by_name(page)[other]["score"] != score, 20, message="other case recombined")
+    heads = [int(v) for v in settled_state(page, "le_heads")]
+    assert heads == [first_head + 1, last_head]
+    choose_heatmap(page, "entropy")
+    wait_until(
+        lambda: (
+            review_document(server.out)["settings"].get("heatmap_kind") == "entropy"
+            and read_review(server.out)[other]["kept_heads"] == f"{heads[0]}-{heads[1]}"
+        ),
+        10,
+        message="kept heads and heatmap kind in the review file",
+    )
     before = read_review(server.out)
 
     server.kill()
@@ -396,9 +434,19 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
         # The cases come back from the bundles the first server kept: no network pass, no child process.
         reused = f"{len(CASES)} case(s) taken from their results bundles (no network pass), 0 to segment"
         assert reused in restarted.log_tail(), restarted.log_tail()
-        assert {n: r["score"] for n, r in rows_by_name(again).items()} == pytest.approx(
-            {n: r["score"] for n, r in before.items()}, abs=1e-5
+        wait_until(
+            lambda: (
+                {n: r["score"] for n, r in rows_by_name(again).items()}
+                == pytest.approx({n: r["score"] for n, r in before.items()}, abs=1e-5)
+            ),
+            60,
+            message="every case's AULA as before (the other case with its kept heads)",
         )
+        assert state(again, "le_heatmap") == "entropy"
+        again.locator("#le-worklist tr.le-row", has_text=other).click()
+        wait_until(lambda: current_name(again) == other, 10, message="other case shown again")
+        assert [int(v) for v in state(again, "le_heads")] == heads
+        assert f"AULA {before[other]['score']:.3f}" in again.inner_text("#le-badge")
         decided = {n: r["reviewer_decision"] for n, r in before.items() if r["reviewer_decision"]}
         wait_until(
             lambda: all(rows_by_name(again)[n]["decision"] == d for n, d in decided.items()),
@@ -484,6 +532,46 @@ def test_a_segment_output_folder_is_reviewed_from_its_bundles(browser, review_fo
         estimate = reports[CASES[0]]["estimated_dice_text"]
         assert estimate.startswith("estimated Dice ")
         wait_until(lambda: estimate in page.inner_text("#le-badge"), 10, message="reused case's estimate")
+        page.close()
+    finally:
+        review.stop()
+
+
+# -- progress while the child segments ------------------------------------------------------------------
+
+
+def test_the_worklist_shows_progress_while_the_child_segments(browser, review_folder, hippocampus_dir):
+    """Every case is listed from the start: queued, then segmenting with its share done, until its result
+    replaces the row; the toolbar's bar shows the whole run. Checked on the page, whatever the timing."""
+    names = sorted(p.name.removesuffix(".nii.gz") for p in (hippocampus_dir / "imagesTr").glob("*.nii.gz"))
+    names = names[:PROGRESS_CASES]
+    copy_cases(hippocampus_dir, names, review_folder / "progress-inputs")
+    review = ReviewServer([review_folder / "progress-inputs"], review_folder / "progress-out")
+    try:
+        review.wait_ready()
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.goto(review.url)
+        wait_views(page)
+        seen: dict[str, set] = {"status": set(), "text": set()}
+
+        def segmenting():
+            rows, queue, running = page.evaluate(
+                "() => ['le_rows', 'le_queue', 'le_running'].map(n => window.trame.state.get(n))"
+            )
+            assert {r["name"] for r in rows} | {q["name"] for q in queue} == set(names) or not running
+            seen["status"] |= {q["status"] for q in queue}
+            cells = page.locator("#le-worklist tr.le-queued[data-status=segmenting]")
+            if cells.count():
+                seen["text"].add(cells.first.inner_text())
+            return {"queued", "segmenting"} <= seen["status"] and seen["text"]
+
+        wait_until(segmenting, 240, 0.1, "cases shown queued and segmenting")
+        assert any(re.search(r"segmenting \d+%", text) for text in seen["text"]), seen
+        bar = page.locator("#le-progress")
+        assert bar.is_visible() and 0.0 <= float(bar.get_attribute("aria-valuenow")) <= 100.0
+        rows = wait_cases_done(page, len(names))
+        assert {row["name"] for row in rows} == set(names) and state(page, "le_queue") == []
+        assert page.locator("#le-worklist tr.le-queued").count() == 0 and not bar.is_visible()
         page.close()
     finally:
         review.stop()

@@ -16,8 +16,16 @@ from LayerEnsemblesLib.errors import InputError
 from LayerEnsemblesLib.review.inputs import review_inputs
 from LayerEnsemblesLib.review.recorder import ReviewRecorder
 from LayerEnsemblesLib.review.review_file import ReviewFile
-from LayerEnsemblesLib.review.state import DONE, QUEUED, CaseState, ModelInfo, ReviewState
-from LayerEnsemblesLib.webapp.bindings import page_state, worklist_rows
+from LayerEnsemblesLib.review.state import (
+    DONE,
+    QUEUED,
+    RUNNING,
+    CaseState,
+    ModelInfo,
+    QueuedCase,
+    ReviewState,
+)
+from LayerEnsemblesLib.webapp.bindings import page_state, queue_rows, worklist_rows
 from LayerEnsemblesLib.webapp.curve import curve_svg
 from LayerEnsemblesLib.webapp.security import TOKEN_COOKIE, access_token, token_accepted, token_middleware
 
@@ -60,6 +68,20 @@ def test_worklist_is_most_doubtful_first_with_who_decided():
     assert [row["current"] for row in rows] == [True, False, False, False]
     assert rows[0]["score_text"] == "0.800" and rows[2]["score_text"] == "—"
     assert rows[0]["quality_text"] == "0.84 (0.78–0.88)" and rows[1]["quality_text"] == "—"
+
+
+def test_a_running_batch_lists_its_cases_without_a_result_with_their_progress():
+    state = review_state()
+    state.run.cases = [QueuedCase("e", RUNNING, 0.42, "forward pass"), QueuedCase("f")]
+    assert queue_rows(state) == []  # no run going on: nothing queued
+    state.run.running, state.run.progress = True, 0.3
+    values = page_state(state)
+    assert [(row["name"], row["status"], row["status_text"]) for row in values["le_queue"]] == [
+        ("e", "segmenting", "segmenting 42%"),
+        ("f", "queued", "queued"),
+    ]
+    assert values["le_queue"][0]["progress"] == 42.0 and values["le_progress"] == 30.0
+    assert [row["name"] for row in values["le_rows"]] == ["a", "b", "c", "d"]  # cases stay as they are
 
 
 def test_page_state_reflects_the_controller_state():

@@ -19,7 +19,14 @@ import torch
 
 from .errors import InputError, first_line
 from .fileio import atomic_write_bytes
-from .metadata_schema import FORMAT_NAME, FORMAT_VERSION, HEAD_UPSAMPLING, PER_CHANNEL, check_document
+from .metadata_schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEAD_UPSAMPLING,
+    MEMBER_HEAD_FIELDS,
+    PER_CHANNEL,
+    check_document,
+)
 
 METADATA_FILE = "layer_ensembles.json"
 MAX_METADATA_BYTES = 1 << 20  # the shipped model's document is 2.4 kB; anything near this is not metadata
@@ -52,7 +59,7 @@ class ModelMetadata:
     head_names: list[str]
     head_strides: list[int]
     skip_heads: int = 0
-    target_spacing: list[float] | None = None
+    target_spacing: list[float | None] | None = None  # (x, y, z) mm; a 2D model may leave z None
     orientation: str | None = None
     normalization: dict[str, Any] = field(
         default_factory=lambda: {"method": "percentile_zscore", "lower": 0.5, "upper": 99.5}
@@ -69,6 +76,12 @@ class ModelMetadata:
     kind: str = "layer_ensemble"
     members: int = 1
     samples: int = 1
+    # a deep ensemble of layer ensembles (nnU-Net's folds): each member's own heads, shallow to deep, reached
+    # through the archive's ``member_heads(x, member)`` method; ``forward`` still returns the final heads
+    member_heads: int = 1
+    member_head_names: list[str] = field(default_factory=list)
+    member_head_strides: list[int] = field(default_factory=list)
+    member_skip_heads: int = 0
     head_upsampling: str = HEAD_UPSAMPLING
     name: str = "model"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +101,11 @@ class ModelMetadata:
         return [c for c in self.classes if c.value != 0]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        document = asdict(self)
+        if self.member_heads == 1:  # a model without member heads is written as before these fields existed
+            for name in ("member_heads", *MEMBER_HEAD_FIELDS):
+                document.pop(name)
+        return json.dumps(document, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, document: Any, source: str = "metadata") -> ModelMetadata:
@@ -159,13 +176,24 @@ def export_model(
     return path
 
 
-def read_metadata(path: str | Path) -> ModelMetadata:
+def read_metadata(path: str | Path, member: int | str | None = None) -> ModelMetadata:
     """The metadata every reader uses (``info``, ``segment``, the Slicer summary), without the network.
 
     The archive must hold exactly one metadata document, at the place TorchScript reads it from, and
     its size is checked in the zip directory before a byte is inflated: a small file must not be able
     to make a reader allocate gigabytes, and a second document must not let two readers disagree.
+    ``member`` (an index or a member name) gives the ``layer_ensemble`` metadata of that member of a
+    deep ensemble with member heads (see :mod:`.members`).
     """
+    metadata = _read_metadata(path)
+    if member is None:
+        return metadata
+    from .members import member_metadata
+
+    return member_metadata(metadata, member, str(path))
+
+
+def _read_metadata(path: str | Path) -> ModelMetadata:
     path = _check_archive(Path(path))
     with zipfile.ZipFile(path) as archive:
         member = _metadata_member(archive, path)
@@ -177,14 +205,21 @@ def read_metadata(path: str | Path) -> ModelMetadata:
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", member: int | str | None = None
 ) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
     """Load a model file as TorchScript (never by unpickling) and return it with its metadata.
 
     The metadata comes from :func:`read_metadata`, the same bytes ``info`` shows; TorchScript is not
-    asked to read the document again.
+    asked to read the document again. ``member`` opens one member of a deep ensemble with member heads
+    as a layer ensemble of its own (the member view of :mod:`.members`): its module runs that member
+    only, and its metadata lists that member's heads. Every reader that loads through here (the
+    Predictor, hence segment, evaluate and the review engine) takes the same view.
     """
-    metadata = read_metadata(path)
+    metadata = _read_metadata(path)
+    if member is not None:
+        from .members import member_metadata
+
+        member_metadata(metadata, member, str(path))  # refuse a bad member before loading the network
     try:
         module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as error:
@@ -192,6 +227,10 @@ def load_model(
             f"{path}: corrupt or unsupported TorchScript archive ({first_line(error)})"
         ) from None
     module.eval()
+    if member is not None:
+        from .members import member_view
+
+        return member_view(module, metadata, member, str(path))
     return module, metadata
 
 

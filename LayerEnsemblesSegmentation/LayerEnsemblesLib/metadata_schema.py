@@ -31,6 +31,7 @@ MAX_LABEL_VALUE = 255  # segmentations are written as UInt8
 MAX_PATCH_SIDE = 4096  # a window side beyond this is a typo, not a patch
 MAX_CHANNELS = 64
 ORIENTATION_AXES = ("RL", "AP", "SI")
+MEMBER_HEAD_FIELDS = ("member_head_names", "member_head_strides", "member_skip_heads")
 REQUIRED = ("spatial_dims", "in_channels", "classes", "head_names", "head_strides")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -91,7 +92,7 @@ def _check_fields(document: dict[str, Any], problems: _Problems) -> None:
     _check_classes(get("classes"), problems)
     divisor = _check_sizes(document, dims, problems)
     _check_heads(document, kind, divisor, problems)
-    _check_spacing(get("target_spacing"), problems)
+    _check_spacing(get("target_spacing"), dims, problems)
     _check_orientation(get("orientation"), problems)
     normalization = get("normalization", {"method": "percentile_zscore"})
     if isinstance(normalization, dict) and normalization.get("method") == PER_CHANNEL:
@@ -184,33 +185,79 @@ def _check_sizes(document: dict[str, Any], dims: int | None, problems: _Problems
     return divisor
 
 
-def _check_heads(document: dict[str, Any], kind: Any, divisor: list[int] | None, problems: _Problems) -> None:
-    names, strides = document.get("head_names"), document.get("head_strides")
+def _check_head_list(
+    document: dict[str, Any], prefix: str, divisor: list[int] | None, problems: _Problems
+) -> tuple[list, list] | None:
+    """``<prefix>head_names``, ``<prefix>head_strides`` and ``<prefix>skip_heads``: the model's own head
+    list (prefix ``""``) or each deep-ensemble member's (prefix ``"member_"``); both mean the same."""
+    names_field, strides_field, skip_field = (
+        f"{prefix}{n}" for n in ("head_names", "head_strides", "skip_heads")
+    )
+    names, strides = document.get(names_field), document.get(strides_field)
     if not isinstance(names, list) or not names:
-        problems.add("head_names", f"must be a non-empty list of names, not {_show(names)}")
-        return
+        problems.add(names_field, f"must be a non-empty list of names, not {_show(names)}")
+        return None
     seen: set[str] = set()
     for index, name in enumerate(names):
-        if _check_string(problems, f"head_names[{index}]", name):
+        if _check_string(problems, f"{names_field}[{index}]", name):
             if name in seen:
-                problems.add(f"head_names[{index}]", f"{name!r} appears twice")
+                problems.add(f"{names_field}[{index}]", f"{name!r} appears twice")
             seen.add(name)
     if not isinstance(strides, list) or len(strides) != len(names):
         problems.add(
-            "head_strides",
-            f"must be a list of equal length to head_names ({len(names)}), not {_show(strides)}",
+            strides_field,
+            f"must be a list of equal length to {names_field} ({len(names)}), not {_show(strides)}",
         )
-        return
+        return None
     for index, stride in enumerate(strides):
         if not _is_int(stride) or stride < 1:
-            problems.add(f"head_strides[{index}]", f"must be a positive integer, not {_show(stride)}")
-            return
+            problems.add(f"{strides_field}[{index}]", f"must be a positive integer, not {_show(stride)}")
+            return None
         if divisor is not None and any(d % stride for d in divisor):
-            problems.add(f"head_strides[{index}]", f"{stride} must divide the size divisor {divisor}")
-            return
-    skip = document.get("skip_heads", 0)
+            problems.add(f"{strides_field}[{index}]", f"{stride} must divide the size divisor {divisor}")
+            return None
+    skip = document.get(skip_field, 0)
     if not _is_int(skip) or not 0 <= skip < len(names):
-        problems.add("skip_heads", f"{_show(skip)} must leave at least one of {len(names)} heads")
+        problems.add(skip_field, f"{_show(skip)} must leave at least one of {len(names)} heads")
+    return names, strides
+
+
+def _check_member_heads(
+    document: dict[str, Any], kind: Any, divisor: list[int] | None, problems: _Problems
+) -> None:
+    """A deep ensemble whose members are layer ensembles: ``member_heads`` (H) heads per member, described
+    once by ``member_head_names``, ``member_head_strides`` and ``member_skip_heads`` (every member has the
+    same head list, as nnU-Net's folds do). Files without these fields are plain deep ensembles."""
+    heads = document.get("member_heads", 1)
+    if not _is_int(heads) or not 1 <= heads <= MAX_ENSEMBLE_MEMBERS:
+        problems.add("member_heads", f"must be an integer in 1..{MAX_ENSEMBLE_MEMBERS}, not {_show(heads)}")
+        return
+    given = [f for f in MEMBER_HEAD_FIELDS if f in document]
+    if heads == 1:
+        if given:
+            problems.add(given[0], "is only meaningful with member_heads > 1")
+        return
+    if kind != "deep_ensemble":
+        problems.add("member_heads", f"({heads}) is only for deep_ensemble models, not {_show(kind)}")
+        return
+    checked = _check_head_list(document, "member_", divisor, problems)
+    if checked is None:
+        return
+    names, strides = checked
+    if len(names) != heads:
+        problems.add("member_head_names", f"must name member_heads ({heads}) heads, not {len(names)}")
+    elif strides[-1] != 1:
+        problems.add(
+            "member_head_strides",
+            f"the last (deepest) head is the member's output and must have stride 1, not {strides[-1]}",
+        )
+
+
+def _check_heads(document: dict[str, Any], kind: Any, divisor: list[int] | None, problems: _Problems) -> None:
+    checked = _check_head_list(document, "", divisor, problems)
+    if checked is None:
+        return
+    names, strides = checked
     members, samples = document.get("members", 1), document.get("samples", 1)
     for field, value in (("members", members), ("samples", samples)):
         if not _is_int(value) or not 1 <= value <= MAX_ENSEMBLE_MEMBERS:
@@ -223,9 +270,11 @@ def _check_heads(document: dict[str, Any], kind: Any, divisor: list[int] | None,
         problems.add("head_names", "an mc_dropout model has exactly one output")
     if kind == "deep_ensemble" and _is_int(members) and members not in (1, len(names)):
         problems.add("members", f"({members}) must equal the number of outputs ({len(names)})")
+    _check_member_heads(document, kind, divisor, problems)
 
 
-def _check_spacing(spacing: Any, problems: _Problems) -> None:
+def _check_spacing(spacing: Any, dims: Any, problems: _Problems) -> None:
+    """Three mm values (x, y, z); a 2D model may leave z null: its slices are kept as they are."""
     if spacing is None:
         return
     if not isinstance(spacing, list) or len(spacing) != 3:
@@ -234,6 +283,11 @@ def _check_spacing(spacing: Any, problems: _Problems) -> None:
         )
         return
     for index, value in enumerate(spacing):
+        if index == 2 and value is None:
+            if dims == 3:
+                problems.add("target_spacing[2]", "may be null only for a 2D model (its slices are kept)")
+                return
+            continue
         if not _is_number(value) or value <= 0:
             problems.add(
                 f"target_spacing[{index}]", f"must be a positive finite number of mm, not {_show(value)}"

@@ -12,6 +12,7 @@ Axis orders: ``patch_size`` and ``size_divisor`` follow the array order (z, y, x
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,12 +54,26 @@ def check_image(image: sitk.Image, source: str, expected_channels: int = 1) -> N
         raise InputError(f"{source}: constant image (every voxel is {array.flat[0]}); nothing to segment")
 
 
+def resolved_spacing(
+    target_spacing: Sequence[float | None] | None, image_spacing: Sequence[float]
+) -> list[float] | None:
+    """The model's spacing with a null axis (a 2D model's z: slices kept) taken from the image itself.
+
+    nnU-Net's 2D configurations resample each slice in-plane to the plans' spacing and leave the
+    slice spacing alone; a converted 2D model says so with ``[x, y, null]``.
+    """
+    if target_spacing is None:
+        return None
+    return [float(s) if t is None else float(t) for t, s in zip(target_spacing, image_spacing, strict=True)]
+
+
 def check_anisotropy(
-    image: sitk.Image, source: str, target_spacing: list[float] | None, spatial_dims: int = 3
+    image: sitk.Image, source: str, target_spacing: Sequence[float | None] | None, spatial_dims: int = 3
 ) -> None:
     """Refuse voxels far more elongated than the model's own; a 2D model only looks in-plane (x, y)."""
     axes = 3 if spatial_dims == 3 else 2
     spacing = np.asarray(image.GetSpacing(), float)[:axes]
+    target_spacing = resolved_spacing(target_spacing, image.GetSpacing())
     target = np.asarray(target_spacing, float)[:axes] if target_spacing else None
     ratio = spacing.max() / spacing.min()
     target_ratio = target.max() / target.min() if target is not None else 1.0
@@ -148,7 +163,9 @@ def to_network_space(
     """Map an input image into network space: a float32 array [C, z, y, x] and its geometry."""
     check_image(image, source, metadata.in_channels)
     check_anisotropy(image, source, metadata.target_spacing, metadata.spatial_dims)
-    image = resample_to_spacing(orient(image, metadata.orientation), metadata.target_spacing, is_label=False)
+    image = orient(image, metadata.orientation)
+    spacing = resolved_spacing(metadata.target_spacing, image.GetSpacing())
+    image = resample_to_spacing(image, spacing, is_label=False)
     array = sitk.GetArrayFromImage(image)
     array = array[None] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array, -1, 0)
     divisor = network_divisor(metadata)

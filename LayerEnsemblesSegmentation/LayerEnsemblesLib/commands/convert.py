@@ -22,7 +22,9 @@ def add_parser(subparsers) -> None:
         "--folds",
         nargs="+",
         default=["0"],
-        help="fold(s) to convert (default 0); several, or 'all' (every fold_N): a deep ensemble of the folds",
+        help="fold(s) to convert (default 0); several, or 'all' (every fold_N): a deep ensemble of the "
+        "folds, each member with its heads (one fold's layer ensemble from it: segment --member K, "
+        "evaluate --model NAME=FILE#member=K)",
     )
     nnunet.add_argument("--checkpoint", choices=("final", "best"), default="final")
     dynunet = sources.add_parser("dynunet", help="a MONAI DynUNet state dict and its NET.json description")

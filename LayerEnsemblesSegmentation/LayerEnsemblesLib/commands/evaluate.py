@@ -28,8 +28,11 @@ def add_parser(subparsers) -> None:
         "--model",
         action="append",
         default=[],
-        metavar="NAME=MODEL.pt",
-        help="a method to evaluate (repeat for several); the first layer ensemble is the reference",
+        metavar="NAME=MODEL.pt[#member=K]",
+        help="a method to evaluate (repeat for several); the first layer ensemble is the reference. "
+        "#member=K runs member K (index or name, e.g. fold_0) of a deep ensemble whose members keep their "
+        "heads as its own layer ensemble: e.g. DE=folds.pt and LE=folds.pt#member=0 compare nnU-Net's "
+        "fold ensemble with one fold's decoder heads",
     )
     parser.add_argument(
         "--dataset", help="an MSD-style dataset.json with a 'training' list of image/label pairs"

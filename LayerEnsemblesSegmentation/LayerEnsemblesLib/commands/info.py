@@ -11,6 +11,11 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("info", help="print a model file's metadata")
     parser.add_argument("model", help="a model file written by `layer-ensembles export`")
     parser.add_argument("--json", action="store_true", help="print the raw JSON document")
+    parser.add_argument(
+        "--member",
+        metavar="K",
+        help="show member K of a deep ensemble with member heads as its own layer ensemble",
+    )
     parser.set_defaults(run=run)
 
 
@@ -28,20 +33,32 @@ def describe_normalization(normalization: dict) -> str:
     return one(normalization)
 
 
+def describe_spacing(spacing: list[float | None] | None) -> str:
+    """``native``, three values, or a 2D model's in-plane values with its slices kept (z null)."""
+    if spacing is None:
+        return "native mm (x, y, z)"
+    if spacing[2] is None:
+        return f"{spacing[:2]} mm (x, y) in-plane; slice spacing (z) native"
+    return f"{spacing} mm (x, y, z)"
+
+
 def describe(metadata: ModelMetadata) -> str:
     """A summary a radiologist or an engineer can read; the Slicer module shows the same text."""
     kept = metadata.num_heads - metadata.skip_heads
+    # a 2D model's patch and divisor are per axial slice (y, x); the engine runs it slice by slice
+    dims = "2D, slice by slice on axial (z) slices" if metadata.spatial_dims == 2 else "3D"
+    patch_axes = "(y, x) per slice" if metadata.spatial_dims == 2 else "(z, y, x)"
     lines = [
         f"name:           {metadata.name} ({metadata.kind}, format v{metadata.format_version})",
-        f"network:        {metadata.spatial_dims}D, {metadata.in_channels} input channel(s)",
+        f"network:        {dims}, {metadata.in_channels} input channel(s)",
         "classes:        " + ", ".join(f"{c.value}={c.name}" for c in metadata.classes),
         f"heads:          {metadata.num_heads} ({', '.join(metadata.head_names)})",
         f"head strides:   {metadata.head_strides}",
         f"kept heads:     {kept} (skip the first {metadata.skip_heads})",
-        f"target spacing: {metadata.target_spacing or 'native'} mm (x, y, z)",
+        f"target spacing: {describe_spacing(metadata.target_spacing)}",
         f"orientation:    {metadata.orientation or 'as given'}",
         f"normalisation:  {describe_normalization(metadata.normalization)}",
-        f"patch size:     {metadata.patch_size} (z, y, x), size divisor {metadata.size_divisor}",
+        f"patch size:     {metadata.patch_size} {patch_axes}, size divisor {metadata.size_divisor}",
         "AULA threshold: "
         + (
             f"{metadata.aula_threshold:.3f} (calibrated)"
@@ -59,7 +76,15 @@ def describe(metadata: ModelMetadata) -> str:
     ]
     if "converted_from" in metadata.provenance:
         lines.insert(1, f"converted from: {metadata.provenance['converted_from']}")
-    if metadata.kind == "deep_ensemble":
+    if metadata.kind == "deep_ensemble" and metadata.member_heads > 1:
+        kept = metadata.member_heads - metadata.member_skip_heads
+        lines += [
+            f"members:        {metadata.members} x {metadata.member_heads} heads "
+            f"({', '.join(metadata.member_head_names)}); open one with --member K",
+            f"member strides: {metadata.member_head_strides}, kept heads {kept} "
+            f"(skip the first {metadata.member_skip_heads})",
+        ]
+    elif metadata.kind == "deep_ensemble":
         lines.append(f"members:        {metadata.members}")
     if metadata.kind == "mc_dropout":
         lines.append(f"samples:        {metadata.samples}")
@@ -71,6 +96,6 @@ def describe(metadata: ModelMetadata) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    metadata = read_metadata(args.model)
+    metadata = read_metadata(args.model, args.member)
     print(metadata.to_json() if args.json else describe(metadata))
     return 0

@@ -82,6 +82,12 @@ def add_parser(subparsers) -> None:
         "are relative to FILE's folder); added after any INPUT given",
     )
     parser.add_argument("--model", required=True, help="a model file written by `layer-ensembles export`")
+    parser.add_argument(
+        "--member",
+        metavar="K",
+        help="run member K (an index from 0, or a name such as fold_2) of a deep ensemble whose members keep "
+        "their heads (`convert nnunet --folds all`) as that member's own layer ensemble (one member's cost)",
+    )
     parser.add_argument("--out", required=True, help="output folder (created if needed)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     heads = parser.add_mutually_exclusive_group()
@@ -221,6 +227,7 @@ def _run(args: argparse.Namespace, events) -> int:
             allow_large=args.allow_large,
             batch_windows=args.batch_windows,
             stitch_device=args.stitch_device,
+            member=args.member,
         )
         # argument problems are the same for every case: report them once, before any work
         metadata = predictor.metadata

@@ -19,7 +19,7 @@ from torch.nn import functional
 
 from ..contract import ModelMetadata, export_model
 from ..errors import InputError
-from ..evaluation.baselines import DeepEnsemble
+from ..members import HeadsEnsemble
 
 HeadsFunction = Callable[[nn.Module, torch.Tensor], list[torch.Tensor]]
 
@@ -117,17 +117,6 @@ def export_checked(
     return written
 
 
-class FinalHead(nn.Module):
-    """A member of a converted deep ensemble: its network's final (deepest, full-resolution) head."""
-
-    def __init__(self, heads: DecoderHeads) -> None:
-        super().__init__()
-        self.heads = heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.heads(x)[-1]
-
-
 def export_fold_ensemble(
     members: Sequence[DecoderHeads],
     template: ModelMetadata,
@@ -136,7 +125,15 @@ def export_fold_ensemble(
     overwrite: bool,
     second_shape: list[int],
 ) -> Path:
-    """Several converted networks (e.g. nnU-Net's folds) as one ``deep_ensemble`` archive."""
+    """Several converted networks (e.g. nnU-Net's folds) as one ``deep_ensemble`` archive whose members
+    keep their heads.
+
+    ``forward`` returns each member's final head, as every deep ensemble does; ``member_heads(x, k)``
+    returns member k's heads as ``template`` (one converted fold's metadata) lists them, so that the
+    member view of the archive is that fold's own layer ensemble. Each member is traced alone, on the
+    same input shape as a single fold's export, and the ensemble is scripted around the traces (a traced
+    module keeps no exported methods).
+    """
     metadata = copy.deepcopy(template)
     metadata.kind = "deep_ensemble"
     metadata.head_names = list(member_names)
@@ -144,5 +141,30 @@ def export_fold_ensemble(
     metadata.members = len(members)
     metadata.skip_heads = 0
     metadata.aula_threshold = None
-    ensemble = DeepEnsemble([FinalHead(m) for m in members])
-    return export_checked(ensemble, metadata, path, overwrite, second_shape)
+    if template.num_heads > 1:
+        metadata.member_heads = template.num_heads
+        metadata.member_head_names = list(template.head_names)
+        metadata.member_head_strides = list(template.head_strides)
+        metadata.member_skip_heads = template.skip_heads
+    example = torch.randn(
+        1, template.in_channels, *template.patch_size, generator=torch.Generator().manual_seed(0)
+    )
+    traced = []
+    for member in members:
+        member.eval()
+        with torch.no_grad():
+            traced.append(torch.jit.trace(member, example, check_trace=False, strict=False))
+    written = export_checked(HeadsEnsemble(traced), metadata, path, overwrite, second_shape)
+    archive = torch.jit.load(str(written))
+    probe = torch.randn(*second_shape, generator=torch.Generator().manual_seed(2))
+    for index, member in enumerate(members):
+        with torch.no_grad():
+            expected, actual = member(probe), archive.member_heads(probe, index)
+        worst = max(float((a - e).abs().max()) for a, e in zip(actual, expected, strict=True))
+        if len(actual) != len(expected) or worst > 1e-4:
+            written.unlink()
+            raise InputError(
+                f"{path}: member {index}'s heads in the exported archive differ from its network "
+                f"(by {worst:.2e} at input size {second_shape[2:]})"
+            )
+    return written

@@ -371,7 +371,10 @@ def _wrap(
     finest, scales = isotropic_strides(engine_strides)
     heads = DecoderHeads(network, _all_decoder_outputs, axes if axes != sorted(axes) else None, scales)
     spacing_network = list(configuration.spacing)
-    spacing_zyx = [spacing_network[a] for a in backward_axes] if spatial_dims == 3 else None
+    if spatial_dims == 3:
+        spacing_zyx: list[float | None] = [spacing_network[a] for a in backward_axes]
+    else:  # nnU-Net resamples a 2D configuration's slices in-plane only: the slice spacing (z) is kept
+        spacing_zyx = [None, *[spacing_network[axes.index(a)] for a in range(2)]]
     normalization, notes = normalization_for(plans_manager, configuration, source)
     labels = plans_manager.get_label_manager(model.dataset)
     classes = _classes(model.dataset, labels, source)
@@ -382,7 +385,7 @@ def _wrap(
         head_names=[f"decoder{i}" for i in range(len(strides))],
         head_strides=finest,
         skip_heads=UNTRAINED_COARSEST_HEADS if len(strides) > 1 else 0,
-        target_spacing=spacing_zyx[::-1] if spacing_zyx else None,
+        target_spacing=spacing_zyx[::-1],
         orientation=None,
         normalization=normalization,
         patch_size=[patch[a] for a in to_engine],
@@ -391,11 +394,6 @@ def _wrap(
         pad_value=0.0,
         provenance={"not_reproduced": notes} if notes else {},
     )
-    if spatial_dims == 2:  # 2D configurations: in-plane spacing from the plans, slices kept as they are
-        metadata.target_spacing = None
-        metadata.provenance.setdefault("not_reproduced", []).append(
-            "2D configuration: in-plane resampling to the plans' spacing is not done"
-        )
     second = [p + d for p, d in zip(metadata.patch_size, metadata.size_divisor, strict=True)]
     if spatial_dims == 2:
         second = [2, channels, *second]

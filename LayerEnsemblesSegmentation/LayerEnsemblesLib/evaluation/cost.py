@@ -32,9 +32,15 @@ def forward_passes(metadata: ModelMetadata) -> int:
     return 1
 
 
-def parameter_count(model_path: str | Path) -> int:
+def parameter_count(model_path: str | Path, member: int | None = None) -> int:
+    """All the file's parameters; with ``member``, that member's network alone (``members.K.`` in the
+    archives this library writes), which is what the member view runs."""
     module, _ = load_model(model_path)
-    return int(sum(p.numel() for p in module.parameters()))
+    named = list(module.named_parameters())
+    if member is not None:
+        own = [p for n, p in named if n.startswith(f"members.{member}.")]
+        named = [("", p) for p in own] or named
+    return int(sum(p.numel() for _, p in named))
 
 
 def _resident_mb() -> float:
@@ -55,14 +61,16 @@ def _max_resident_mb() -> float:
     return value / 2**20 if sys.platform == "darwin" else value / 1024  # bytes on macOS, KiB on Linux
 
 
-def measure(model_path: str, image_path: str, device: str = "auto") -> dict[str, Any]:
+def measure(
+    model_path: str, image_path: str, device: str = "auto", member: int | None = None
+) -> dict[str, Any]:
     """Run in a fresh process: one warm-up prediction, then one timed prediction with memory peaks."""
     import torch
 
     from ..fileio import read_image
     from ..inference import Predictor
 
-    predictor = Predictor(model_path, device=device)
+    predictor = Predictor(model_path, device=device, member=member)
     image = read_image(image_path)
     baseline = _resident_mb()
     predictor.predict(image, maps=MAPS)  # warm-up: TorchScript optimises on the first calls
@@ -85,7 +93,11 @@ def measure(model_path: str, image_path: str, device: str = "auto") -> dict[str,
 
 
 def probe(
-    model_path: str | Path, image_path: str | Path, device: str = "auto", timeout: float = 900
+    model_path: str | Path,
+    image_path: str | Path,
+    device: str = "auto",
+    timeout: float = 900,
+    member: int | None = None,
 ) -> dict[str, Any]:
     """Run :func:`measure` in a child process and return its JSON (or the reason it failed)."""
     package_parent = Path(__file__).resolve().parents[2]
@@ -101,6 +113,7 @@ def probe(
         str(image_path),
         "--device",
         device,
+        *(["--member", str(member)] if member is not None else []),
     ]
     try:
         completed = subprocess.run(
@@ -122,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model")
     parser.add_argument("image")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--member", type=int)
     args = parser.parse_args(argv)
-    print(json.dumps(measure(args.model, args.image, args.device)))
+    print(json.dumps(measure(args.model, args.image, args.device, args.member)))
     return 0
 
 

@@ -35,6 +35,7 @@ from ..contract import ModelMetadata, read_metadata
 from ..errors import InputError, first_line
 from ..fileio import atomic_write_json, atomic_write_text, file_sha256, read_image
 from ..grids import check_same_grid
+from ..members import member_index, member_metadata
 from . import cost, metrics, ranks, scores, shifts
 from .tables import read_csv
 
@@ -45,6 +46,7 @@ RUN_FILE = "run.json"
 CLEAN = "clean"
 KEY_COLUMNS = ("method", "kind", "case", "condition", "shift", "severity")
 MAPS = ("entropy", "mutual_information", "variance")
+MEMBER_MARKER = "#member="
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Method:
     name: str
     path: Path
     metadata: ModelMetadata
+    member: int | None = None  # NAME=FILE#member=K: member K of a deep ensemble with member heads
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -101,25 +104,35 @@ class Case:
     label: Path
 
 
-def parse_method(text: str) -> tuple[str, Path]:
-    """``NAME=MODEL.pt`` (or a bare path, named after the file)."""
-    name, separator, path = text.partition("=")
+def parse_method(text: str) -> tuple[str, Path, str | None]:
+    """``NAME=MODEL.pt`` (or a bare path, named after the file), optionally ``#member=K``: member K (an
+    index or a member name) of a deep ensemble whose members keep their heads, as a layer ensemble."""
+    spec, marker, member = text.rpartition(MEMBER_MARKER)
+    if not marker:
+        spec, member = text, None
+    elif not member.strip():
+        raise InputError(f"--model {text}: give the member after {MEMBER_MARKER} (an index or a name)")
+    name, separator, path = spec.partition("=")
     if not separator:
-        name, path = Path(text).stem, text
+        name, path = Path(spec).stem, spec
     name = name.strip()
     if not name or any(c in name for c in ',\n"') or name.startswith("-"):
         raise InputError(f"--model {text}: method names may not be empty or contain commas or quotes")
-    return name, Path(path)
+    return name, Path(path), member.strip() if member is not None else None
 
 
 def load_methods(specs: Sequence[str]) -> list[Method]:
     methods, seen = [], set()
     for spec in specs:
-        name, path = parse_method(spec)
+        name, path, member = parse_method(spec)
         if name in seen:
             raise InputError(f"--model {spec}: the name {name!r} is used twice")
         seen.add(name)
-        methods.append(Method(name, path, read_metadata(path)))
+        metadata = read_metadata(path)
+        index = None if member is None else member_index(metadata, member, str(path))
+        if index is not None:
+            metadata = member_metadata(metadata, index, str(path))
+        methods.append(Method(name, path, metadata, index))
     if not methods:
         raise InputError("give at least one --model NAME=MODEL.pt")
     reference = methods[0].metadata
@@ -313,6 +326,7 @@ def run_evaluation(
                     {
                         "name": m.name,
                         "path": str(m.path),
+                        "member": m.member,
                         "sha256": m.sha256,
                         "kind": m.metadata.kind,
                         "model_name": m.metadata.name,
@@ -382,7 +396,9 @@ def check_resume_models(run_file: Path, methods: Sequence[Method]) -> None:
     results in one report. The run file records each model's SHA-256.
     """
     try:
-        recorded = {m["name"]: m.get("sha256") for m in json.loads(run_file.read_text("utf-8"))["methods"]}
+        documents = json.loads(run_file.read_text("utf-8"))["methods"]
+        recorded = {m["name"]: m.get("sha256") for m in documents}
+        members = {m["name"]: m.get("member") for m in documents}
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(
             f"{run_file}: unreadable or damaged ({type(error).__name__}); cannot check which models wrote "
@@ -401,6 +417,12 @@ def check_resume_models(run_file: Path, methods: Sequence[Method]) -> None:
                 f"{method.path}: differs from the model that wrote the rows of method {method.name!r} "
                 f"(SHA-256 {method.sha256[:12]}... vs {recorded[method.name][:12]}...); resume with that "
                 "model, give this one another name, or use --overwrite"
+            )
+        if members[method.name] != method.member:
+            raise InputError(
+                f"{method.path}: method {method.name!r} was run as member {members[method.name]}, now as "
+                f"member {method.member}; resume with the same #member, give it another name, or use "
+                "--overwrite"
             )
 
 
@@ -451,7 +473,7 @@ def evaluate_cases(
     classes = methods[0].metadata.classes
     foreground = {c.name: c.value for c in classes if c.value != 0}
     class_values = [c.value for c in classes]
-    predictors = {m.name: Predictor(m.path, device=settings.device) for m in methods}
+    predictors = {m.name: Predictor(m.path, device=settings.device, member=m.member) for m in methods}
     # the next case's files are read while this one computes
     pairs = prefetched(
         cases, lambda c: (read_image(c.image), read_image(c.label)), 1 if len(cases) > 1 else 0
@@ -542,13 +564,14 @@ def write_cost(
     for method in methods:
         entry: dict[str, Any] = {
             "kind": method.metadata.kind,
-            "parameters": cost.parameter_count(method.path),
+            "parameters": cost.parameter_count(method.path, method.member),
             "forward_passes": cost.forward_passes(method.metadata),
             "heads": method.metadata.num_heads,
         }
         if settings.cost_probe:
             log(f"measuring the cost of {method.name} on {case.case_id} in a fresh process")
-            entry["probe"] = {**cost.probe(method.path, case.image, settings.device), "case": case.case_id}
+            measured = cost.probe(method.path, case.image, settings.device, member=method.member)
+            entry["probe"] = {**measured, "case": case.case_id}
         document[method.name] = entry
     atomic_write_json(out / COST_FILE, document, overwrite=True)
 

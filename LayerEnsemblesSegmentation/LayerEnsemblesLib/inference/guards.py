@@ -92,18 +92,22 @@ def check_float32_values(image: sitk.Image, source: str) -> None:
         )
 
 
-def network_voxels(image: sitk.Image, target_spacing: Sequence[float] | None) -> int:
-    """Voxels the image has once resampled to the model's spacing (reorientation only permutes axes)."""
+def network_voxels(image: sitk.Image, target_spacing: Sequence[float | None] | None) -> int:
+    """Voxels the image has once resampled to the model's spacing (reorientation only permutes axes).
+
+    A null axis (a 2D model's z) keeps the image's own spacing.
+    """
     size = np.asarray(image.GetSize(), float)
     if not target_spacing:
         return int(np.prod(size))
-    extent = size * np.asarray(image.GetSpacing(), float)
-    return int(np.prod(np.maximum(1, np.round(extent / np.asarray(target_spacing, float)))))
+    spacing = np.asarray(image.GetSpacing(), float)
+    target = np.asarray([s if t is None else t for t, s in zip(target_spacing, spacing, strict=True)], float)
+    return int(np.prod(np.maximum(1, np.round(size * spacing / target))))
 
 
 def check_network_size(
     image: sitk.Image,
-    target_spacing: Sequence[float] | None,
+    target_spacing: Sequence[float | None] | None,
     bytes_per_voxel: float,
     memory_budget_gb: float | None,
     source: str,

@@ -75,11 +75,16 @@ class Predictor:
         allow_large: bool = False,
         batch_windows: int = 1,
         stitch_device: str | torch.device = "auto",
+        member: int | str | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.device = resolve_device(device)
-        self.module, self._metadata = load_model(self.model_path, self.device)
-        self.model_identity = {"sha256": model_sha256(self.model_path)}  # names the model in result bundles
+        # member: one member of a deep ensemble with member heads, run as a layer ensemble (see .members)
+        self.module, self._metadata = load_model(self.model_path, self.device, member)
+        self.member: int | None = None if member is None else int(self.module.member)  # the index
+        self.model_identity: dict[str, Any] = {"sha256": model_sha256(self.model_path)}  # names it in bundles
+        if self.member is not None:
+            self.model_identity["member"] = self.member
         if window_size is not None and (len(window_size) != 3 or min(int(w) for w in window_size) < 1):
             raise InputError(f"window size {tuple(window_size)}: expected three positive integers (z, y, x)")
         if window_size is not None:
@@ -370,7 +375,7 @@ class Predictor:
     def _module_on(self, device: torch.device) -> torch.jit.ScriptModule:
         key = str(device)
         if key not in self._modules:
-            self._modules[key], _ = load_model(self.model_path, device)
+            self._modules[key], _ = load_model(self.model_path, device, self.member)
         return self._modules[key]
 
     def _initial_window(

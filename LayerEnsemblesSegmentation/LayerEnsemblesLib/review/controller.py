@@ -30,7 +30,7 @@ from . import cases as scene_cases
 from .models import read_model_info, same_model, stored_model_path
 from .review_actions import ReviewActions, action
 from .runs import EngineFactory, Run, default_engine_factory, prepare_inputs
-from .state import CaseState, ReviewState
+from .state import DONE, FAILED, RUNNING, CaseState, ReviewState
 
 EVENTS = ("progress", "result_shown", "error", "state_changed")
 log = logging.getLogger(__name__)
@@ -204,6 +204,7 @@ class ReviewController(ReviewActions):
             self._run.batch = Batch(self.context, self._worklist)
         self.state.run.running, self.state.run.batch = True, batch
         self.state.run.progress, self.state.run.message = 0.0, "Starting..."
+        self.state.run.cases = self._run.queue()
         self._changed("Starting...")
         return True
 
@@ -268,6 +269,11 @@ class ReviewController(ReviewActions):
                 f"{bundle}: made with another model ({identity.get('name') or 'unknown'}) than the loaded "
                 f"{model.name}"
             )
+        if identity.get("member") is not None:  # `segment --member K`: one member's heads, not this file's
+            raise InputError(
+                f"{bundle}: made with member {identity['member']} of {model.name} alone (segment --member); "
+                "the review runs whole model files"
+            )
 
     def poll(self) -> bool:
         """Apply what the child reported since the last call (main thread); True while a run goes on.
@@ -293,11 +299,12 @@ class ReviewController(ReviewActions):
     def _apply_event(self, run: Run, event: dict) -> None:
         kind = event.get("event")
         pending = run.find(event)
-        if kind == "progress" and pending is not None:
+        if kind in ("case_started", "progress") and pending is not None:
+            pending.status, pending.message = RUNNING, str(event.get("message") or "")
             pending.fraction = float(event.get("fraction") or 0.0)
-            self._progress(run, f"{pending.case.name}: {event.get('message', '')}")
+            self._progress(run, f"{pending.case.name}: {event.get('message', 'started')}")
         elif kind == "case_done" and pending is not None:
-            pending.fraction = 1.0
+            pending.fraction, pending.status = 1.0, DONE
             try:
                 self._commit(run, pending, event)
             except InputError as error:
@@ -306,8 +313,9 @@ class ReviewController(ReviewActions):
         elif kind == "case_failed":
             name = pending.case.name if pending is not None else event.get("case", "?")
             if pending is not None:
-                pending.fraction = 1.0
+                pending.fraction, pending.status = 1.0, FAILED
             run.failures.append(f"{name}: {event.get('error', 'failed')}")
+            self.state.run.cases = run.queue()
         elif kind == "warning":
             run.warnings.append(str(event.get("message", "")))
             self._progress(run, str(event.get("message", "")))
@@ -316,6 +324,7 @@ class ReviewController(ReviewActions):
 
     def _progress(self, run: Run, message: str) -> None:
         self.state.run.progress, self.state.run.message = run.progress, message
+        self.state.run.cases = run.queue()
         self._emit("progress", {"fraction": run.progress, "message": message})
 
     def _commit(self, run: Run, pending, event: dict) -> None:
@@ -387,7 +396,7 @@ class ReviewController(ReviewActions):
             return
         self._run = None
         run.discard_files()
-        self.state.run.running, self.state.run.progress = False, 1.0
+        self.state.run.running, self.state.run.progress, self.state.run.cases = False, 1.0, []
         if run.batch is not None and run.committed:
             run.batch.finish()
             self._open_first_of(run)
@@ -428,7 +437,7 @@ class ReviewController(ReviewActions):
             run.process.cancel()
         finally:
             run.discard_files()
-            self.state.run.running = False
+            self.state.run.running, self.state.run.cases = False, []
             same_scene = run.scene_id == id(self.context.scene)
             if rollback and same_scene:
                 if run.batch is not None:
@@ -456,6 +465,7 @@ class ReviewController(ReviewActions):
                 run.discard_files()
         self._results, self._references, self._worklist = {}, {}, None
         self.state.cases, self.state.current, self.state.run.running = [], None, False
+        self.state.run.cases = []
         self.state.region_index, self.state.region_count = -1, 0
         self._changed("The scene was closed." + (" The run was cancelled." if run is not None else ""))
 

@@ -3,7 +3,8 @@
 ``sync`` turns the controller's cases into review-file records and rewrites the file only when a record
 changed; the time of a record is the time of the reviewer's last change. ``resume`` gives cases the
 decisions (and corrected segmentations) the folder's review file holds from an earlier server, once they
-have been segmented again, so a restarted server shows the review where it was left.
+have been segmented again, so a restarted server shows the review where it was left: with each case's
+kept heads and threshold (its AULA and model decision follow from them) and the review's heatmap kind.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class ReviewRecorder:
     def __init__(self, review: ReviewFile):
         self.review = review
         self.inputs: dict[str, str] = {}  # case name -> image file
+        self._earlier = set(review.records)  # cases an earlier server recorded: to be given back
         self._resumed: set[str] = set()
+        self._settings_restored = False  # until then ``sync`` leaves the recorded settings alone
         self.errors: list[str] = []  # one line each, for the GUI
 
     @classmethod
@@ -48,6 +51,7 @@ class ReviewRecorder:
             corrected_file=corrected,
             estimated_dice=case.estimated_dice,
             bundle=case.bundle_path,
+            kept_heads=heads_text(case.kept_heads),
         )
 
     def sync(self, state) -> bool:
@@ -60,6 +64,10 @@ class ReviewRecorder:
             if record != self.review.get(case.name):
                 self.review.records[case.name] = record
                 changed = True
+        settings = {"heatmap_kind": state.heatmap_kind}
+        if self._settings_restored and settings != self.review.settings:
+            self.review.settings = settings
+            changed = True
         if changed:
             self.review.write()
         return changed
@@ -71,17 +79,28 @@ class ReviewRecorder:
 
     # -- resuming --------------------------------------------------------------------------------------
 
+    def restore_settings(self, controller) -> None:
+        """The review-wide settings of an earlier server (the heatmap kind), before any case is shown."""
+        kind = self.review.settings.get("heatmap_kind")
+        if kind and kind != controller.state.heatmap_kind:
+            if controller.set_heatmap(kind=kind) is None and controller.state.heatmap_kind != kind:
+                self.errors.append(f"{self.review.json_path}: heatmap kind {kind!r} not restored")
+        self._settings_restored = True
+
     def pending_names(self, state) -> set[str]:
-        """Finished cases whose earlier reviewer decision has not been given back to them yet."""
+        """Finished cases whose earlier reviewer decision or settings have not been given back yet."""
         pending = set()
         for case in state.cases:
             record = self.review.get(case.name)
             if (
                 case.status in FINISHED
+                and case.name in self._earlier
                 and case.name not in self._resumed
                 and record is not None
-                and record.reviewer_decision
-                and not case.reviewer_decision
+                and (
+                    (record.reviewer_decision and not case.reviewer_decision)
+                    or _settings_differ(case, record)
+                )
             ):
                 pending.add(case.name)
         return pending
@@ -106,14 +125,20 @@ class ReviewRecorder:
         state = controller.state
         index = next(i for i, case in enumerate(state.cases) if case.name == name)
         record = self.review.get(name)
+        if not controller.open_case(index):
+            return
+        # The settings first: recombining rewrites the model's segmentation, the correction goes over it.
+        heads = parse_heads(record.kept_heads)
+        if heads is not None and heads != state.cases[index].kept_heads:
+            controller.set_kept_heads(*heads)
+        if _threshold_differs(state.cases[index].threshold, record.threshold):
+            controller.set_threshold(record.threshold)
         if record.reviewer_decision == "corrected" and record.corrected_file:
             try:
                 self._load_correction(context, state.cases[index], record.corrected_file)
             except InputError as error:
                 self.errors.append(f"{name}: earlier correction not restored ({error})")
                 return
-        if not controller.open_case(index):
-            return
         if record.reviewer_decision == "accepted":
             controller.accept()
         elif record.reviewer_decision == "flagged":
@@ -140,3 +165,29 @@ class _Class:
 
     def __init__(self, value: int):
         self.value, self.name, self.color = value, f"class_{value}", (128, 128, 128)
+
+
+def heads_text(heads: tuple[int, int] | None) -> str:
+    """Kept heads as the review file writes them: "first-last", 1-based inclusive."""
+    return f"{heads[0]}-{heads[1]}" if heads else ""
+
+
+def parse_heads(text: str | None) -> tuple[int, int] | None:
+    """``heads_text`` read back; None for an empty or unreadable value (the case keeps its own)."""
+    try:
+        first, last = (int(part) for part in str(text or "").split("-"))
+    except ValueError:
+        return None
+    return (first, last) if 1 <= first <= last else None
+
+
+def _threshold_differs(current: float | None, recorded: float | None) -> bool:
+    return recorded is not None and (current is None or abs(float(current) - float(recorded)) > 1e-9)
+
+
+def _settings_differ(case, record: ReviewRecord) -> bool:
+    """The record holds other kept heads or another threshold than the case shows (a restart)."""
+    heads = parse_heads(record.kept_heads)
+    return (heads is not None and heads != case.kept_heads) or _threshold_differs(
+        case.threshold, record.threshold
+    )

@@ -26,7 +26,9 @@ from ..scene import (
     set_heatmap_opacity,
     show_result,
 )
-from ..scene.heatmaps import HEATMAP_KINDS
+from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
+from ..scene.results import add_heatmap
+from ..scene.surfaces import show_in_3d
 from . import cases as scene_cases
 from .models import same_model
 
@@ -117,6 +119,7 @@ class ReviewActions:
 
     def _show(self, case, result) -> None:
         show_result(self.context, result, self.state.heatmap_opacity)
+        show_in_3d(self.context, result)
         self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
         self._changed()
         self._emit("result_shown", case)
@@ -181,13 +184,21 @@ class ReviewActions:
             case = self.state.current_case
             if case is not None:
                 result = self._results[case.segmentation_id]
-                if kind in result.heatmap_ids:
-                    result.shown_heatmap = kind
-                    self._show(case, result)
-                else:
-                    self._recombine(case, result, heatmap_kind=kind)
+                self._use_heatmap_kind(case, result)
+                self._show(case, result)
                 return
         self._changed()
+
+    def _use_heatmap_kind(self, case, result) -> None:
+        """The review's heatmap kind on this case (one review-wide choice, as a reviewer expects when
+        stepping through cases); a missing map is computed from the bundle, the segmentation untouched."""
+        kind = self.state.heatmap_kind
+        if result.shown_heatmap == kind and kind in result.heatmap_ids:
+            return
+        if kind not in result.heatmap_ids:
+            result = self._loaded(case, result)
+        heads = scene_cases.head_range(case.kept_heads) if case.kept_heads else None
+        add_heatmap(self.context, result, self._reference(result), kind, heads)
 
     # -- navigation ------------------------------------------------------------------------------------
 
@@ -207,6 +218,10 @@ class ReviewActions:
             )
         if self._settings_apply_to(case) and case.kept_heads is not None:
             self.state.kept_heads, self.state.threshold = case.kept_heads, case.threshold
+        try:
+            self._use_heatmap_kind(case, result)
+        except InputError as error:  # e.g. its bundle is gone: the case still opens, with the map it has
+            self.state.status = f"{case.name}: {HEATMAP_LABELS[self.state.heatmap_kind]} not shown ({error})"
         self._show(case, result)
         return True
 

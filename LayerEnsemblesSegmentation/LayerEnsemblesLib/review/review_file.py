@@ -4,6 +4,10 @@ Written to the review's output folder as ``review.json`` (the record the app rea
 ``review.csv`` (for a spreadsheet) after every change, each under a temporary name renamed into place, so
 closing the browser or killing the server loses nothing and never leaves half a file. Opening the same
 folder again resumes the review from ``review.json``.
+
+What a reviewer set is kept where it belongs: each case's kept heads and threshold in its record (a
+case keeps the settings of the result it shows, and its AULA and decision depend on them), and the
+review-wide display choice (the heatmap kind) in the JSON file's ``settings``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class ReviewRecord:
     corrected_file: str = ""
     estimated_dice: float | None = None  # the model's quality map at the score (None: no calibration)
     bundle: str = ""  # the result's head outputs: a restarted review takes the case up from it
+    kept_heads: str = ""  # "first-last", 1-based inclusive as the app shows them ("" before a result)
 
 
 COLUMNS = tuple(field.name for field in fields(ReviewRecord))
@@ -52,6 +57,7 @@ class ReviewFile:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.records: dict[str, ReviewRecord] = {}
+        self.settings: dict[str, str] = {}  # review-wide choices, e.g. {"heatmap_kind": "entropy"}
 
     @property
     def json_path(self) -> Path:
@@ -74,6 +80,10 @@ class ReviewFile:
             for item in document["cases"]:
                 record = ReviewRecord(**{key: item.get(key) for key in COLUMNS if key in item})
                 review.records[record.case] = record
+            settings = document.get("settings") or {}
+            if not isinstance(settings, dict):
+                raise ValueError("'settings' is not an object")
+            review.settings = {str(key): str(value) for key, value in settings.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise InputError(f"{review.json_path}: unreadable review file ({error})") from error
         return review
@@ -89,7 +99,9 @@ class ReviewFile:
     def write(self) -> None:
         rows = [asdict(record) for record in self.records.values()]
         atomic_write_json(
-            self.json_path, {"format": FORMAT, "format_version": 1, "cases": rows}, overwrite=True
+            self.json_path,
+            {"format": FORMAT, "format_version": 1, "settings": dict(self.settings), "cases": rows},
+            overwrite=True,
         )
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from ..fileio import atomic_write_image
 from ..scene import Batch, CaseInput, load_case_image
+from .state import DONE, QUEUED, QueuedCase
 
 # (inputs, model, device, head_range, threshold, maps, python_executable, work_dir) -> an EngineProcess
 EngineFactory = Callable[..., Any]
@@ -42,6 +43,8 @@ class PendingCase:
     reference: sitk.Image | None = None  # None for a file case: read again at commit time
     crop_index: tuple[int, int, int] | None = None
     fraction: float = 0.0
+    status: str = QUEUED  # QUEUED, RUNNING, DONE or FAILED
+    message: str = ""
 
     def reference_and_crop(self) -> tuple[sitk.Image, tuple[int, int, int] | None]:
         if self.reference is None:
@@ -77,6 +80,12 @@ class Run:
         if isinstance(index, int) and 0 <= index < len(self.pending):
             return self.pending[index]
         return None
+
+    def queue(self) -> list[QueuedCase]:
+        """The cases still without a result, in run order, for the worklist to show while it runs."""
+        return [
+            QueuedCase(p.case.name, p.status, p.fraction, p.message) for p in self.pending if p.status != DONE
+        ]
 
     @property
     def progress(self) -> float:

@@ -69,11 +69,22 @@ class CaseState:
 
 
 @dataclass
+class QueuedCase:
+    """A case of the run that has no result yet: the worklist shows it as queued or segmenting."""
+
+    name: str
+    status: str = QUEUED  # QUEUED, RUNNING (being segmented in the child) or FAILED
+    fraction: float = 0.0  # 0..1 of this case
+    message: str = ""  # the child's last progress line for it
+
+
+@dataclass
 class RunState:
     running: bool = False
     progress: float = 0.0  # 0..1 over the whole run
     message: str = ""
     batch: bool = False
+    cases: list[QueuedCase] = field(default_factory=list)  # the run's cases not in ReviewState.cases yet
 
 
 @dataclass

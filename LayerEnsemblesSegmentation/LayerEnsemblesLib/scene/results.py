@@ -26,6 +26,7 @@ from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views
 from .plots import write_agreement_plot
 from .regions import UncertainRegion, jump_to_region, regions_from_disagreement
 from .segmentation import create_segmentation_node, is_user_edited, write_segments
+from .surfaces import uncertain_region_id
 
 HEATMAP_ROLE_PREFIX = "LayerEnsembles.heatmap."
 TABLE_ROLE = "LayerEnsembles.agreementTable"
@@ -159,6 +160,32 @@ def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.
     return result
 
 
+def add_heatmap(context: SceneContext, result: CaseResult, reference: sitk.Image, kind: str,
+                head_range: tuple[int, int] | None = None) -> CaseResult:
+    """Compute one more heatmap kind from the stored head outputs and show it; nothing else is rewritten.
+
+    Another heatmap kind is a display choice: the segmentation (which the reviewer may have corrected),
+    the decision and the plot stay as they are, so a corrected case is never recombined over.
+    ``head_range`` is the shown result's (a prediction read back from a bundle may hold other heads).
+    """
+    if kind in result.heatmap_ids and context.node(result.heatmap_ids[kind]) is not None:
+        result.shown_heatmap = kind
+        return result
+    prediction = result.prediction.recombine(head_range=head_range,
+                                             maps=tuple(sorted({*result.prediction.maps, kind})))
+    input_node = context.node(result.input_id)
+    fill = 1.0 if kind == "agreement" else 0.0
+    full = _full_size(prediction.maps[kind], reference, result.crop_index, fill)
+    node = write_heatmap(context, input_node, kind, full, result.metadata.num_classes,
+                         node=context.node(result.heatmap_ids.get(kind)))
+    result.heatmap_ids[kind] = node.GetID()
+    segmentation = context.node(result.segmentation_id)
+    if segmentation is not None:
+        segmentation.SetNodeReferenceID(HEATMAP_ROLE_PREFIX + kind, node.GetID())
+    result.prediction, result.shown_heatmap = prediction, kind
+    return result
+
+
 def _only_the_decision_changed(result: CaseResult, prediction: Any, segmentation) -> bool:
     """The engine returned the very same volumes, and they are the ones the scene shows (its stored kept
     heads match; after a reopened scene the in-memory prediction may be another head range's)."""
@@ -188,7 +215,8 @@ def next_region(context: SceneContext, result: CaseResult) -> UncertainRegion | 
 def remove_result(context: SceneContext, result: CaseResult) -> None:
     """Remove every node this case created, with their display, storage, legend and plot-series nodes."""
     doomed = []
-    for node_id in result.node_ids():
+    surface_id = uncertain_region_id(context.node(result.segmentation_id))
+    for node_id in [*result.node_ids(), *([surface_id] if surface_id else [])]:
         node = context.node(node_id)
         if node is None:
             continue

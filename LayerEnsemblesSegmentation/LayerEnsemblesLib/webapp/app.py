@@ -71,6 +71,7 @@ class ReviewWebApp(TrameApp):
         self._dirty = False  # the controller's state changed since the page was last updated
         self.controller.subscribe("state_changed", self._mark_dirty)
         self.controller.set_device(device)
+        self.recorder.restore_settings(self.controller)  # the heatmap kind of an earlier server
         self.host.editor.set_undo_stack(UndoStack())
         self.state.trame__title = "LayerEnsembles review"
         self.state.update(
@@ -153,7 +154,7 @@ class ReviewWebApp(TrameApp):
             (to_reuse if bundle else to_segment).append((volume, bundle))
         if to_reuse or to_segment:
             first = (to_reuse or to_segment)[0][0]
-            self.host.app.display_manager.show_volume(first, do_reset_views=True)
+            self.host.show_input(first)
         if model_ok:
             reused = [volume for volume, bundle in to_reuse if self._reuse(volume, bundle)]
             to_segment += [(volume, None) for volume, _ in to_reuse if volume not in reused]

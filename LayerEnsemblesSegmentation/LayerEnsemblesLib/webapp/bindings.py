@@ -67,6 +67,31 @@ def worklist_rows(state) -> list[dict[str, Any]]:
     return rows
 
 
+QUEUE_TEXT = {"queued": "queued", "running": "segmenting", "failed": "failed"}
+
+
+def queue_rows(state) -> list[dict[str, Any]]:
+    """The running batch's cases without a result yet, in run order: queued, segmenting (with its share
+    done, from the child's progress events) or failed. Empty when no run goes on."""
+    if not state.run.running:
+        return []
+    rows = []
+    for queued in state.run.cases:
+        text = QUEUE_TEXT.get(queued.status, queued.status)
+        if queued.status == "running":
+            text += f" {100.0 * queued.fraction:.0f}%"
+        rows.append(
+            {
+                "name": queued.name,
+                "status": QUEUE_TEXT.get(queued.status, queued.status),
+                "status_text": text,
+                "progress": round(100.0 * queued.fraction, 1),
+                "message": queued.message,
+            }
+        )
+    return rows
+
+
 def page_state(state) -> dict[str, Any]:
     """Every ``le_*`` variable the page shows, from the controller's ReviewState."""
     case = state.current_case
@@ -91,6 +116,7 @@ def page_state(state) -> dict[str, Any]:
     )
     return {
         "le_rows": worklist_rows(state),
+        "le_queue": queue_rows(state),
         "le_current": state.current,
         "le_has_result": case is not None and case.segmentation_id is not None,
         "le_badge_text": badge,

@@ -55,6 +55,12 @@ class SlicerHost:
     def reset_views(self) -> None:
         self.app.display_manager.reset_views()
 
+    def show_input(self, volume) -> None:
+        """The input in the slice views, no volume rendering: the 3D view shows the case's surfaces (the
+        controller puts them there), which an MRI's volume rendering would hide, at a far higher cost."""
+        self.app.display_manager.show_volume_in_slice_background(volume)
+        self.app.display_manager.reset_views()
+
     def schedule_render(self) -> None:
         """Ask the slice views for a new frame: slice-layer changes (foreground opacity, volumes) made on
         MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view (CPU

@@ -36,6 +36,7 @@ STYLE = """
 .le-decision-flagged { color: #e65100; font-weight: 600; }
 .le-decision-accepted { color: #2e7d32; font-weight: 600; }
 .le-decision-corrected { color: #1565c0; font-weight: 600; }
+.le-queued td { padding: 2px 6px; font-size: 13px; color: #666; }
 #le-error { color: #c62828; font-weight: 600; white-space: nowrap; overflow: hidden;
             text-overflow: ellipsis; }
 #le-badge { font-size: 15px; }
@@ -62,6 +63,22 @@ def _worklist() -> None:
                 html.Td("{{ row.score_text }}")
                 html.Td("{{ row.quality_text }}", title=("row.quality_title",), classes="le-estimate")
                 html.Td("{{ row.decision_text }}", classes=("'le-decision-' + row.decision",))
+            # The run's cases without a result yet: queued, or segmenting in the child with its progress.
+            with html.Tr(
+                v_for="row in le_queue",
+                key=("'queued-' + row.name",),
+                classes="le-queued",
+                __properties=[("data_case", "data-case"), ("data_status", "data-status")],
+                data_case=("row.name",),
+                data_status=("row.status",),
+                title=("row.message",),
+            ):
+                html.Td("{{ row.name }}")
+                html.Td("—")
+                html.Td("—")
+                with html.Td(classes="le-queue-status"):
+                    html.Span("{{ row.status_text }}")
+                    v.VProgressLinear(model_value=("row.progress",), height=3, color="primary")
 
 
 def _controls(ctrl) -> None:
@@ -152,6 +169,7 @@ def build_ui(server, layout_manager, title: str):
             html.Div("{{ le_error }}", id="le-error", classes="mx-4", style="max-width: 55%;")
             html.Div("{{ le_status }}", id="le-status", classes="text-caption mx-2")
             v.VProgressLinear(
+                id="le-progress",
                 model_value=("le_progress", 0),
                 v_show="le_running",
                 absolute=True,
