@@ -24,7 +24,7 @@ from LayerEnsemblesLib.scene import (
     is_user_edited,
     segment_array,
 )
-from scene_support import blob_image
+from scene_support import blob_image, predictor  # noqa: F401 - predictor is a fixture
 from vtk.util import numpy_support
 
 LABELMAP = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
@@ -140,3 +140,20 @@ def test_an_edit_in_place_is_seen_after_the_content_was_known(review):
     case = controller.state.current_case
     assert case.segmentation_id != edited_id and context.node(edited_id) is not None
     assert not is_user_edited(context.node(case.segmentation_id))
+
+
+def test_a_released_prediction_derives_its_images_again_bit_for_bit(predictor):  # noqa: F811
+    """A shown case's prediction drops its input-grid images (the scene holds them); asked again, the
+    engine derives the very same voxels, and a threshold change derives nothing."""
+    prediction = predictor.predict(blob_image(seed=6), maps=("agreement",))
+    labels = sitk.GetArrayFromImage(prediction.segmentation)
+    agreement = sitk.GetArrayFromImage(prediction.maps["agreement"])
+    prediction.release_input_space()
+    assert list(prediction.maps) == ["agreement"] and "agreement" in prediction.maps
+    stricter = prediction.recombine(threshold=0.99)  # the same heads: a new decision on the same volumes
+    assert list(stricter.maps) == ["agreement"] and stricter.head_range == prediction.head_range
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(prediction.segmentation), labels)
+    assert np.array_equal(sitk.GetArrayFromImage(prediction.maps["agreement"]), agreement)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stricter.segmentation), labels)
+    with pytest.raises(KeyError):
+        stricter.release_input_space() or stricter.maps["entropy"]

@@ -40,6 +40,7 @@ STAGES = {  # stage -> the (module, function) pairs timed for it (those a checko
         ("LayerEnsemblesLib.scene.results", "regions_from_disagreement"),
         ("LayerEnsemblesLib.scene.results", "find_uncertain_regions"),
     ],
+    "3D surfaces (segments, uncertain region)": [("LayerEnsemblesLib.review.review_actions", "show_in_3d")],
     "decision and plot": [
         ("LayerEnsemblesLib.scene.results", "store_decision"),
         ("LayerEnsemblesLib.scene.results", "write_agreement_plot"),

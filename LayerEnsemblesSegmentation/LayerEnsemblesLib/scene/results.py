@@ -111,6 +111,20 @@ def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image,
     if disagreement is not None:
         result.regions = regions_from_disagreement(*disagreement, DEFAULT_VISIBLE_FROM)
         result.region_cursor = -1
+    _release_input_space(prediction)
+
+
+def _release_input_space(prediction: Any) -> None:
+    """The scene now holds what the prediction's input-grid images showed: the prediction keeps only its
+    head outputs (the images are derived again if asked for), not a second full-size copy per case."""
+    release = getattr(prediction, "release_input_space", None)
+    if release is not None:
+        release()
+
+
+def _map_names(prediction: Any) -> set[str]:
+    names = getattr(prediction, "map_names", None)
+    return set(names if names is not None else prediction.maps)
 
 
 def show_result(context: SceneContext, result: CaseResult, opacity: float | None = DEFAULT_OPACITY) -> None:
@@ -183,6 +197,7 @@ def add_heatmap(context: SceneContext, result: CaseResult, reference: sitk.Image
     if segmentation is not None:
         segmentation.SetNodeReferenceID(HEATMAP_ROLE_PREFIX + kind, node.GetID())
     result.prediction, result.shown_heatmap = prediction, kind
+    _release_input_space(prediction)
     return result
 
 
@@ -190,11 +205,11 @@ def _only_the_decision_changed(result: CaseResult, prediction: Any, segmentation
     """The engine returned the very same volumes, and they are the ones the scene shows (its stored kept
     heads match; after a reopened scene the in-memory prediction may be another head range's)."""
     old = result.prediction
-    if segmentation is None or prediction.segmentation is not old.segmentation:
+    # The engine re-derives nothing for the same heads and maps (Prediction.recombine): the same volumes.
+    if segmentation is None or tuple(prediction.head_range) != tuple(old.head_range):
         return False
-    if set(prediction.maps) != set(old.maps) or not set(prediction.maps) <= set(result.heatmap_ids):
-        return False
-    if any(prediction.maps[kind] is not old.maps[kind] for kind in prediction.maps):
+    names = _map_names(prediction)
+    if names != _map_names(old) or not names <= set(result.heatmap_ids):
         return False
     first, stop = prediction.head_range
     if segmentation.GetAttribute(DECISION_PREFIX + "KeptHeads") != f"{first}:{stop}":
