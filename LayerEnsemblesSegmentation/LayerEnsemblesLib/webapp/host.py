@@ -63,8 +63,8 @@ class SlicerHost:
 
     def schedule_render(self) -> None:
         """Ask the slice views for a new frame: slice-layer changes (foreground opacity, volumes) made on
-        MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view (CPU
-        volume rendering, the costly one) redraws on its own when what it shows changes."""
+        MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view redraws
+        on its own when what it shows (the surfaces) changes."""
         for view in self.app.view_manager.get_slice_views():
             view.schedule_render()
 
