@@ -39,6 +39,9 @@ MINIMUM_SLICER = "5.10"  # Python 3.12; also in README, CMakeLists.txt and Layer
 MAX_HEADS = 64  # bound of the kept-heads range parameter; the widget narrows it to the model's head count
 POLL_INTERVAL_MS = 100
 RECOMBINE_DELAY_MS = 250  # let a dragged slider settle before recombining
+# A kept-heads change shows the slice views first; the uncertain regions and the 3D view follow this
+# long after (the controller's finish_redraw), once Qt has drawn the slice views.
+SECOND_PART_DELAY_MS = 50
 INPUT_VOLUME_SELECTORS = ("inputVolumeSelector", "worklistVolumesSelector")  # they hide the heatmaps
 
 
@@ -105,6 +108,7 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LayerEnsemblesSegmentationLogic()
         self.controller = self.logic.controller
+        self.controller.redraw_in_two_parts = True  # see SECOND_PART_DELAY_MS
 
         self.ui.progressBar.setVisible(False)
         self._pollTimer = qt.QTimer()
@@ -237,6 +241,8 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
         with slicer.util.WaitCursor():
             if heads != stateHeads and stateHeads is not None:
                 self.controller.set_kept_heads(*heads)
+                if self.controller.redraw_pending:
+                    qt.QTimer.singleShot(SECOND_PART_DELAY_MS, self.controller.finish_redraw)
             if threshold != stateThreshold and stateThreshold is not None:
                 self.controller.set_threshold(threshold)
             if kind != stateKind:

@@ -24,6 +24,7 @@ from LayerEnsemblesLib.scene import (
     is_user_edited,
     segment_array,
 )
+from LayerEnsemblesLib.scene.surfaces import uncertain_region_id
 from scene_support import blob_image, predictor  # noqa: F401 - predictor is a fixture
 from vtk.util import numpy_support
 
@@ -50,14 +51,19 @@ def outputs(tmp_path_factory):
     return image_path, model, runs
 
 
-@pytest.fixture
-def review(outputs, tmp_path):
+def _open_review(outputs, folder):
     image_path, model, runs = outputs
     context = create_scene()
-    controller = ReviewController(context, bundle_folder=tmp_path / "kept", engine_factory=_refuse_child)
+    controller = ReviewController(context, bundle_folder=folder / "kept", engine_factory=_refuse_child)
     volume = add_volume_from_image(context.scene, sitk.ReadImage(str(image_path)), "case")
     assert controller.load_model(model)
     assert controller.add_from_bundle(volume, runs["bundle"] / "case_heads.pt"), controller.state.last_error
+    return context, controller
+
+
+@pytest.fixture
+def review(outputs, tmp_path):
+    context, controller = _open_review(outputs, tmp_path)
     yield context, controller
     controller.close()
 
@@ -96,6 +102,54 @@ def test_a_kept_heads_change_shows_the_clis_heads_result_bit_for_bit(review, out
     ]
     for found, whole in zip(result.regions, reference, strict=True):  # NIfTI keeps the grid in float32
         assert found.center_ras == pytest.approx(whole.center_ras, abs=1e-5)
+
+
+def _scene_shown(context, controller) -> dict:
+    """What a kept-heads change leaves in the scene: voxels, 3D surfaces, regions, visibility."""
+    case, result, segmentation, heatmap = _shown(context, controller)
+    closed = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+
+    def surfaces(node) -> list:
+        content = node.GetSegmentation()
+        polys = [content.GetSegment(sid).GetRepresentation(closed) for sid in content.GetSegmentIDs()]
+        return [None if p is None else numpy_support.vtk_to_numpy(p.GetPoints().GetData()).tolist()
+                if p.GetPoints() is not None else [] for p in polys]
+
+    uncertain = context.node(uncertain_region_id(segmentation))
+    return {
+        "segments": [segment_array(segmentation, value).tolist() for value in (1, 2)],
+        "heatmap": slicer.util.arrayFromVolume(heatmap).tolist(),
+        "surfaces": surfaces(segmentation),
+        "visible_3d": segmentation.GetDisplayNode().GetVisibility3D(),
+        "uncertain": surfaces(uncertain),
+        "uncertain_visible": uncertain.GetDisplayNode().GetVisibility(),
+        "regions": [(r.voxels, r.bounding_box, r.mean_disagreement, r.center_ras) for r in result.regions],
+        "region_count": controller.state.region_count,
+        "kept_heads": case.kept_heads,
+    }
+
+
+def test_a_kept_heads_change_in_two_parts_leaves_the_scene_of_one_part(outputs, tmp_path):
+    """A GUI draws the slice views first and runs the uncertain regions and the 3D view after: once
+    both parts ran, the scene is the one a change in one part leaves, bit for bit."""
+    one = _open_review(outputs, tmp_path / "one")
+    two = _open_review(outputs, tmp_path / "two")
+    two[1].redraw_in_two_parts = True
+    try:
+        for heads in ((3, 6), (2, 5)):
+            assert one[1].set_kept_heads(*heads) and not one[1].redraw_pending
+            assert two[1].set_kept_heads(*heads) and two[1].redraw_pending
+            first_part = _scene_shown(*two)
+            final = _scene_shown(*one)
+            assert first_part["segments"] == final["segments"] and first_part["heatmap"] == final["heatmap"]
+            assert first_part["regions"] == [] and not first_part["visible_3d"]  # still to come
+            assert two[1].finish_redraw() and not two[1].redraw_pending
+            assert final["regions"] and final["surfaces"][0]
+            assert _scene_shown(*two) == final
+        assert two[1].finish_redraw() is False  # nothing pending: nothing done
+    finally:
+        one[1].close()
+        two[1].close()
 
 
 def test_a_threshold_change_touches_no_voxel(review):

@@ -27,7 +27,7 @@ from ..scene import (
     show_result,
 )
 from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
-from ..scene.results import add_heatmap
+from ..scene.results import add_heatmap, find_pending_regions
 from ..scene.surfaces import show_in_3d
 from . import cases as scene_cases
 from .models import same_model
@@ -83,7 +83,33 @@ class ReviewActions:
             self._references[result.segmentation_id] = reference
         return reference
 
-    def _recombine(self, case, result, **settings) -> None:
+    # A GUI with an event loop sets this: a kept-heads change then shows the slice views first and leaves
+    # the uncertain regions and the 3D view to ``finish_redraw``, which the GUI runs right after.
+    redraw_in_two_parts = False
+    _pending_redraw = None
+
+    @property
+    def redraw_pending(self) -> bool:
+        """True while the second part of a redraw shown in two parts is still to run."""
+        return self._pending_redraw is not None
+
+    @action
+    def finish_redraw(self) -> bool:
+        """The second part of a kept-heads change shown in two parts: the uncertain regions and the 3D
+        view (segment surfaces, uncertain region). The scene is then as a change in one part leaves it.
+        Returns whether anything was pending."""
+        result, self._pending_redraw = self._pending_redraw, None
+        if result is None or self.context.node(result.segmentation_id) is None:
+            return False
+        find_pending_regions(self.context, result)
+        show_in_3d(self.context, result)
+        case = self.state.current_case
+        if case is not None and self._results.get(case.segmentation_id) is result:
+            self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
+        self._changed()
+        return True
+
+    def _recombine(self, case, result, two_parts: bool = False, **settings) -> None:
         result = self._loaded(case, result)
         old_id = result.segmentation_id
         old_node = self.context.node(old_id)
@@ -95,7 +121,10 @@ class ReviewActions:
                 scene_cases.CROP_ATTRIBUTE,
             )
         }
-        recombine_result(self.context, result, self._reference(result), **settings)
+        two_parts = two_parts and self.redraw_in_two_parts
+        recombine_result(
+            self.context, result, self._reference(result), regions_now=not two_parts, **settings
+        )
         segmentation = self.context.node(result.segmentation_id)
         if result.segmentation_id != old_id:  # the old one was edited by the reviewer: kept as it is
             for key, value in references.items():
@@ -114,12 +143,15 @@ class ReviewActions:
         worklist = self._worklist
         if worklist is not None and result in worklist.cases:
             worklist.refresh()
-        self._show(updated, result)
+        self._show(updated, result, three_d=not two_parts)
+        self._pending_redraw = result if two_parts else None
         runtime.release_freed_memory()  # the full-volume buffers of the old result
 
-    def _show(self, case, result) -> None:
+    def _show(self, case, result, three_d: bool = True) -> None:
         show_result(self.context, result, self.state.heatmap_opacity)
-        show_in_3d(self.context, result)
+        if three_d:
+            self.finish_redraw()  # a change shown since leaves nothing half done
+            show_in_3d(self.context, result)
         self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
         self._changed()
         self._emit("result_shown", case)
@@ -147,7 +179,7 @@ class ReviewActions:
                 f"kept heads {first}-{last}: choose 1 <= first <= last <= {count or 'head count'}"
             )
         self.state.kept_heads = (first, last)
-        return self._apply_to_shown(head_range=scene_cases.head_range((first, last)))
+        return self._apply_to_shown(two_parts=True, head_range=scene_cases.head_range((first, last)))
 
     @action
     def set_threshold(self, threshold: float) -> bool:

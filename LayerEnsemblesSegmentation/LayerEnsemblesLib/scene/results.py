@@ -26,7 +26,7 @@ from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views
 from .plots import write_agreement_plot
 from .regions import UncertainRegion, jump_to_region, regions_from_disagreement
 from .segmentation import create_segmentation_node, is_user_edited, write_segments
-from .surfaces import uncertain_region_id
+from .surfaces import drop_segment_surfaces, uncertain_region_id
 
 HEATMAP_ROLE_PREFIX = "LayerEnsembles.heatmap."
 TABLE_ROLE = "LayerEnsembles.agreementTable"
@@ -49,6 +49,8 @@ class CaseResult:
     regions: list[UncertainRegion] = field(default_factory=list)
     region_cursor: int = -1
     shown_heatmap: str = "agreement"
+    # Set while the regions of a redraw shown in two parts are still to be found: the grid they are on.
+    regions_grid: sitk.Image | None = None
 
     @property
     def model_name(self) -> str:
@@ -87,7 +89,8 @@ def apply_prediction(context: SceneContext, input_node, prediction: Any, metadat
     return result
 
 
-def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image, segmentation) -> None:
+def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image, segmentation,
+               regions_now: bool = True) -> None:
     prediction, metadata = result.prediction, result.metadata
     input_node = context.node(result.input_id)
     labels = _full_size(prediction.segmentation, reference, result.crop_index, 0)
@@ -108,10 +111,37 @@ def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image,
     result.table_id, result.chart_id = table.GetID(), chart.GetID()
     segmentation.SetNodeReferenceID(TABLE_ROLE, table.GetID())
     segmentation.SetNodeReferenceID(CHART_ROLE, chart.GetID())
+    result.regions_grid = None
     if disagreement is not None:
-        result.regions = regions_from_disagreement(*disagreement, DEFAULT_VISIBLE_FROM)
+        if regions_now:
+            result.regions = regions_from_disagreement(*disagreement, DEFAULT_VISIBLE_FROM)
+        else:  # found by find_pending_regions, from the heatmap node, once the slice views are drawn
+            result.regions, result.regions_grid = [], _grid_of(disagreement[1])
         result.region_cursor = -1
     _release_input_space(prediction)
+
+
+def _grid_of(image: sitk.Image) -> sitk.Image:
+    """One voxel with ``image``'s spacing, origin and direction: all the regions read of their grid."""
+    grid = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    grid.SetSpacing(image.GetSpacing())
+    grid.SetOrigin(image.GetOrigin())
+    grid.SetDirection(image.GetDirection())
+    return grid
+
+
+def find_pending_regions(context: SceneContext, result: CaseResult) -> bool:
+    """The uncertain regions a redraw shown in two parts left for its second part (``recombine_result``
+    with ``regions_now=False``), read in place from the agreement heatmap node as the first part would
+    have read them; False when none were pending."""
+    grid, result.regions_grid = result.regions_grid, None
+    node = context.node(result.heatmap_ids.get("agreement"))
+    if grid is None or node is None:
+        return False
+    array = slicer.util.arrayFromVolume(node)
+    result.regions = regions_from_disagreement(array, grid, DEFAULT_VISIBLE_FROM)
+    result.region_cursor = -1
+    return True
 
 
 def _release_input_space(prediction: Any) -> None:
@@ -140,11 +170,13 @@ def show_result(context: SceneContext, result: CaseResult, opacity: float | None
 
 def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.Image,
                      head_range: tuple[int, int] | None = None, threshold: float | None = None,
-                     heatmap_kind: str | None = None) -> CaseResult:
+                     heatmap_kind: str | None = None, regions_now: bool = True) -> CaseResult:
     """Re-derive everything from the stored head outputs with new kept heads or threshold, in place.
 
     ``heatmap_kind`` adds (and shows) a map the first run did not compute. Returns the same CaseResult,
     whose ``segmentation_id`` changes only when the previous segmentation had been edited by the user.
+    ``regions_now=False`` leaves the uncertain regions to ``find_pending_regions`` (a GUI draws the
+    slice views first), and the segments' 3D surfaces to ``show_in_3d``.
     """
     kinds = set(result.prediction.maps)
     if heatmap_kind is not None:
@@ -170,7 +202,9 @@ def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.
                                                 _segmentation_name(context, input_node))
         result.segmentation_id = segmentation.GetID()
     result.prediction = prediction
-    _write_all(context, result, reference, segmentation)
+    if not regions_now:
+        drop_segment_surfaces(segmentation)  # rebuilt once, by show_in_3d, after the slice views
+    _write_all(context, result, reference, segmentation, regions_now)
     return result
 
 

@@ -64,6 +64,19 @@ def _show_segment_surfaces(segmentation) -> None:
         display.SetVisibility3D(True)
 
 
+def drop_segment_surfaces(segmentation) -> None:
+    """Remove the segments' closed surfaces before their voxels are rewritten: with the surfaces kept,
+    each segment written converts its surface at once, while the slice views still wait for their frame
+    (a sixth of a second on a 256 x 256 x 160 volume). ``show_in_3d`` makes them again, the same."""
+    display = segmentation.GetDisplayNode()
+    if display is not None:  # hidden in 3D meanwhile, so that no 3D view asks for the surfaces again
+        display.SetVisibility3D(False)
+    closed = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    content = segmentation.GetSegmentation()
+    if content.ContainsRepresentation(closed):
+        content.RemoveRepresentation(closed)
+
+
 def uncertain_labelmap(heatmap_node, level: float) -> slicer.vtkOrientedImageData:
     """The voxels the slice views colour (the shown, uncertainty-oriented 0-1 heatmap at or above
     ``level``) as a labelmap cropped to where they are: its surface is made from that extent only (the

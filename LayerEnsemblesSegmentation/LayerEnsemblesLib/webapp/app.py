@@ -35,6 +35,9 @@ from .ui import build_ui
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.15
+# A kept-heads change is shown in two parts: the slice views' frames first, then (this long after, so
+# that their render and push are not held up) the uncertain regions and the 3D view.
+SECOND_PART_AFTER_S = 0.1
 TOOLS = {
     "paint": SegmentationEffectPaint,
     "erase": SegmentationEffectErase,
@@ -63,6 +66,7 @@ class ReviewWebApp(TrameApp):
         self.roots = AllowedRoots([*inputs, self.out])
         self.host = SlicerHost(self.server)
         self.controller = ReviewController(self.host.context, bundle_folder=self.out / "bundles")
+        self.controller.redraw_in_two_parts = True  # see SECOND_PART_AFTER_S
         self.recorder = ReviewRecorder.open(self.out)
         self.load_errors: list[str] = []
         self._shown_opacity = 0.5
@@ -276,6 +280,13 @@ class ReviewWebApp(TrameApp):
             return
         self.controller.set_kept_heads(first, last)
         self.publish()
+        if self.controller.redraw_pending:
+            asyncio.get_event_loop().call_later(SECOND_PART_AFTER_S, self._finish_redraw)
+
+    def _finish_redraw(self) -> None:
+        """The second part of a kept-heads change, on the server's event loop after the slice frames."""
+        if self.controller.finish_redraw():
+            self.publish()
 
     def _on_heatmap(self, le_heatmap, **_kwargs) -> None:
         if le_heatmap and le_heatmap != self.controller.state.heatmap_kind:
