@@ -112,8 +112,14 @@ def _scene_shown(context, controller) -> dict:
     def surfaces(node) -> list:
         content = node.GetSegmentation()
         polys = [content.GetSegment(sid).GetRepresentation(closed) for sid in content.GetSegmentIDs()]
-        return [None if p is None else numpy_support.vtk_to_numpy(p.GetPoints().GetData()).tolist()
-                if p.GetPoints() is not None else [] for p in polys]
+        return [
+            None
+            if p is None
+            else numpy_support.vtk_to_numpy(p.GetPoints().GetData()).tolist()
+            if p.GetPoints() is not None
+            else []
+            for p in polys
+        ]
 
     uncertain = context.node(uncertain_region_id(segmentation))
     return {

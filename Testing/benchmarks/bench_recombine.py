@@ -5,8 +5,9 @@ on a real scene (slicer-core), stage by stage, and the process's resident memory
 
 Each case is segmented in-process with the shipped demo model and saved as a results bundle; the review
 controller takes it up (``add_from_bundle``, as the web app does for a segmented case) and the kept heads
-are moved one step up and down ``--repeats`` times, then the threshold. The stages are timed by wrapping
-the functions that do them, so the same script measures an older checkout (put it first on PYTHONPATH):
+are moved one step up and down ``--repeats`` times (in two parts where the checkout has them, as the
+GUIs run it: the slice views, then ``finish_redraw``; both timed), then the threshold. The stages are
+timed by wrapping the functions that do them, so the same script measures an older checkout (put it first on PYTHONPATH):
 stages it lacks are left out. Writes ``recombine-<label>.json`` and prints a table.
 """
 
@@ -119,12 +120,17 @@ def measure(image: sitk.Image, label: str, work: Path, repeats: int, timer: Stag
     shown = time.perf_counter() - start
     after_shown = resident_mb()
     first, last = controller.state.kept_heads
-    heads, stages = [], []
+    two_parts = hasattr(controller, "finish_redraw")  # older checkouts redraw in one part
+    controller.redraw_in_two_parts = two_parts  # as the web app and the Slicer widget run it
+    heads, slice_views, stages = [], [], []
     for index in range(repeats):
         timer.seconds.clear()
         start = time.perf_counter()
         moved = controller.set_kept_heads(first + (1 if index % 2 == 0 else 0), last)
         assert moved, controller.state.last_error
+        slice_views.append(time.perf_counter() - start)
+        if two_parts:
+            assert controller.finish_redraw(), controller.state.last_error
         heads.append(time.perf_counter() - start)
         stages.append(dict(timer.seconds))
     thresholds = []
@@ -138,6 +144,9 @@ def measure(image: sitk.Image, label: str, work: Path, repeats: int, timer: Stag
         "case_shown_s": shown,
         "heads_change_s": heads,
         "heads_change_median_s": statistics.median(heads),
+        "heads_change_slice_views_s": slice_views,
+        "heads_change_slice_views_median_s": statistics.median(slice_views),
+        "heads_change_in_two_parts": two_parts,
         "heads_stages_median_s": {
             stage: statistics.median(s.get(stage, 0.0) for s in stages) for stage in stages[0]
         },
@@ -156,7 +165,9 @@ def table(results: dict) -> str:
     for row in results["rows"]:
         lines.append(
             f"{row['case']} ({'×'.join(map(str, row['shape_xyz']))}): kept-heads change "
-            f"{row['heads_change_median_s']:.3f} s, "
+            f"{row['heads_change_median_s']:.3f} s "
+            f"(slice views {row['heads_change_slice_views_median_s']:.3f} s"
+            f"{', then regions and 3D' if row['heads_change_in_two_parts'] else ', one part'}), "
             f"threshold change {row['threshold_change_median_s']:.4f} s, "
             f"RSS {row['rss_mb_before_case']:.0f} -> {row['rss_mb_case_shown']:.0f} MB (case shown) -> "
             f"{row['rss_mb_after_changes']:.0f} MB (after the changes)"

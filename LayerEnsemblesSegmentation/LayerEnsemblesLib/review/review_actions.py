@@ -122,9 +122,10 @@ class ReviewActions:
             )
         }
         two_parts = two_parts and self.redraw_in_two_parts
-        recombine_result(
-            self.context, result, self._reference(result), regions_now=not two_parts, **settings
-        )
+        with runtime.torch_threads(1):  # a few heads of one case: threads cost more than they give
+            recombine_result(
+                self.context, result, self._reference(result), regions_now=not two_parts, **settings
+            )
         segmentation = self.context.node(result.segmentation_id)
         if result.segmentation_id != old_id:  # the old one was edited by the reviewer: kept as it is
             for key, value in references.items():

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +176,31 @@ def explain_error(error: BaseException) -> str:
             "supports this GPU (PyTorch Utils module)"
         )
     return f"{type(error).__name__}: {text[:200]} (details in the Python console)"
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run a block with at most ``count`` torch CPU threads, then restore the previous number.
+
+    A review's recombination reduces a few heads of one case: with torch's default one OpenMP thread per
+    core, on a machine whose cores are busy (a training job, the browser) the threads' hand-offs cost
+    more than the work (0.3 s instead of 0.02 s for a hippocampus case, 0.75 s instead of 0.45 s on
+    256 x 256 x 160). Each output voxel is still summed in the same order, so the result is the same.
+    """
+    if not torch_available():
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous <= count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def release_freed_memory() -> None:
