@@ -7,8 +7,8 @@ Each case is segmented in-process with the shipped demo model and saved as a res
 controller takes it up (``add_from_bundle``, as the web app does for a segmented case) and the kept heads
 are moved one step up and down ``--repeats`` times (in two parts where the checkout has them, as the
 GUIs run it: the slice views, then ``finish_redraw``; both timed), then the threshold. The stages are
-timed by wrapping the functions that do them, so the same script measures an older checkout (put it first on PYTHONPATH):
-stages it lacks are left out. Writes ``recombine-<label>.json`` and prints a table.
+timed by wrapping the functions that do them, so the same script measures an older checkout (put it
+first on PYTHONPATH): stages it lacks are left out. Writes ``recombine-<label>.json`` and prints a table.
 """
 
 from __future__ import annotations
