@@ -39,6 +39,7 @@ from webapp_support import (  # noqa: E402
 )
 
 AXIAL = 0
+THREED = 1  # the 3D view (top right)
 LARGE_SHAPE = (160, 256, 256)  # z, y, x: 256 x 256 x 160
 # The demo model resamples to 1 mm: at 1 mm this size is a 100 s network pass on two idle cores (far more on
 # a loaded machine). ``--large-spacing`` trades the network-space size for time; the redraw work on the
@@ -83,12 +84,15 @@ def threshold_redraws(page, repeats: int) -> list[float]:
     return times
 
 
-def heads_redraws(page, repeats: int) -> list[float]:
-    """Key press to the axial view's next frame after the server shows the new kept heads."""
+def heads_redraws(page, repeats: int) -> tuple[list[float], list[float]]:
+    """Key press to the axial view's next frame after the server shows the new kept heads; and key press
+    to the end of the change's second part (uncertain regions and 3D surfaces, published by the server
+    as ``le_redraw_pending`` false) and the 3D view's next frame."""
     slider = page.locator("#le-heads [role=slider]").first
-    times = []
+    times, complete = [], []
     for index in range(repeats):
         before = wait_frame_stable(page, AXIAL)
+        before_3d = wait_frame_stable(page, THREED)
         first, last = state(page, "le_heads_shown")
         expected = [first + 1, last] if index % 2 == 0 else [first - 1, last]
         slider.focus()
@@ -102,7 +106,13 @@ def heads_redraws(page, repeats: int) -> list[float]:
         except AssertionError:
             pass  # the shown slice did not change visibly: the server's update is the redraw
         times.append(time.monotonic() - start)
-    return times
+        wait_until(lambda: not state(page, "le_redraw_pending"), 120, 0.02, "regions and 3D done")
+        try:
+            wait_frame_change(page, THREED, before_3d, timeout=3, interval=0.02)
+        except AssertionError:
+            pass  # the surfaces did not change visibly: the server's update is the redraw
+        complete.append(time.monotonic() - start)
+    return times, complete
 
 
 def measure(case: Path, label: str, work: Path, browser, repeats: int) -> dict:
@@ -115,13 +125,15 @@ def measure(case: Path, label: str, work: Path, browser, repeats: int) -> dict:
         row.update(first_views(page, server))
         wait_frame_stable(page, AXIAL)
         threshold = threshold_redraws(page, repeats)
-        heads = heads_redraws(page, repeats)
+        heads, heads_complete = heads_redraws(page, repeats)
         row.update(
             {
                 "threshold_redraw_s": threshold,
                 "threshold_redraw_median_s": statistics.median(threshold),
                 "heads_redraw_s": heads,
                 "heads_redraw_median_s": statistics.median(heads),
+                "heads_redraw_3d_s": heads_complete,
+                "heads_redraw_3d_median_s": statistics.median(heads_complete),
                 "server_rss_mb_one_browser": server.rss_bytes() / 2**20,
                 "uptime_at_end": uptime(),
             }
@@ -138,6 +150,10 @@ def uptime() -> str:
     return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f}"
 
 
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
 def markdown(results: dict) -> str:
     lines = [
         "# Web review app (`layer-ensembles review`), Debian Chromium headless",
@@ -146,8 +162,9 @@ def markdown(results: dict) -> str:
         "(median; alternating one step up and down).",
         "",
         "| case | start → page | start → first views | start → first result | threshold redraw | "
-        "kept-heads redraw | server RSS, one browser | RSS beyond the model | load (1 min) start → end |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "kept-heads redraw (slice views) | kept-heads: regions and 3D view done | server RSS, one browser | "
+        "RSS beyond the model | load (1 min) start → end |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         loads = [
@@ -158,8 +175,11 @@ def markdown(results: dict) -> str:
             f"| {row['case']} ({'×'.join(map(str, row['shape_xyz']))}) | {row['page_ready_s']:.1f} s | "
             f"{row['first_views_s']:.1f} s | {row['first_result_s']:.1f} s | "
             f"{row['threshold_redraw_median_s']:.2f} s | {row['heads_redraw_median_s']:.2f} s | "
-            f"{row['server_rss_mb_one_browser']:.0f} MB | "
-            f"{row['server_rss_mb_one_browser'] - results['model_mb']:.0f} MB | {loads[0]} → {loads[1]} |"
+            f"{_seconds(row.get('heads_redraw_3d_median_s'))} | "
+            f"{row['server_rss_mb_one_browser']:.0f} MiB | "
+            f"{row['server_rss_mb_one_browser'] - results['model_mb']:.0f} MiB "
+            f"({(row['server_rss_mb_one_browser'] - results['model_mb']) * 2**20 / 1e9:.3f} GB) | "
+            f"{loads[0]} → {loads[1]} |"
         )
     lines += [
         "",

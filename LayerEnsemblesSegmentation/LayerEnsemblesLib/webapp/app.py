@@ -218,6 +218,7 @@ class ReviewWebApp(TrameApp):
         values["le_curve_svg"] = curve_svg(title, curves)
         values["le_curve_title"] = title
         values["le_slice_offset"] = self.host.red_slice_offset()
+        values["le_redraw_pending"] = self.controller.redraw_pending  # regions and 3D view still to come
         record = self.recorder.get(case.name) if case is not None else None
         values["le_saved_text"] = (
             f"corrected file: {record.corrected_file}" if record and record.corrected_file else ""
@@ -278,14 +279,23 @@ class ReviewWebApp(TrameApp):
         first, last = (int(round(float(v))) for v in le_heads)
         if self.controller.state.kept_heads == (first, last):
             return
-        self.controller.set_kept_heads(first, last)
+        self.host.hold_3d_views(True)
+        try:
+            self.controller.set_kept_heads(first, last)
+        finally:
+            if not self.controller.redraw_pending:
+                self.host.hold_3d_views(False)
         self.publish()
         if self.controller.redraw_pending:
             asyncio.get_event_loop().call_later(SECOND_PART_AFTER_S, self._finish_redraw)
 
     def _finish_redraw(self) -> None:
         """The second part of a kept-heads change, on the server's event loop after the slice frames."""
-        if self.controller.finish_redraw():
+        try:
+            finished = self.controller.finish_redraw()
+        finally:
+            self.host.hold_3d_views(False)
+        if finished:
             self.publish()
 
     def _on_heatmap(self, le_heatmap, **_kwargs) -> None:

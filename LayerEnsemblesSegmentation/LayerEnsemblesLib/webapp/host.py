@@ -88,3 +88,10 @@ class SlicerHost:
         finally:
             for view, blocked in zip(views, previous, strict=True):
                 view._is_render_blocked = blocked  # restored as it was, with no render scheduled
+
+    def hold_3d_views(self, held: bool) -> None:
+        """Hold the 3D views' frames (True) while a change shown in two parts is half done: its first part
+        hides the segment surfaces that its second part makes again, and a frame in between would flash
+        them away. Released (False), each 3D view draws once."""
+        for view in self.app.view_manager.get_threed_views():
+            view.set_render_blocked(held)  # unblocking schedules one frame
