@@ -35,9 +35,10 @@ from .ui import build_ui
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.15
-# A kept-heads change is shown in two parts: the slice views' frames first, then (this long after, so
-# that their render and push are not held up) the uncertain regions and the 3D view.
-SECOND_PART_AFTER_S = 0.1
+# A kept-heads change is shown in two parts: the slice views' frames first, then the uncertain regions and
+# the 3D view, once the slice views have drawn and this long after (their frames' encoding and push: the
+# second part holds the GIL and the event loop, and would hold the frames back).
+SECOND_PART_AFTER_S = 0.15
 TOOLS = {
     "paint": SegmentationEffectPaint,
     "erase": SegmentationEffectErase,
@@ -287,7 +288,15 @@ class ReviewWebApp(TrameApp):
                 self.host.hold_3d_views(False)
         self.publish()
         if self.controller.redraw_pending:
-            asyncio.get_event_loop().call_later(SECOND_PART_AFTER_S, self._finish_redraw)
+            asyncio.ensure_future(self._finish_redraw_after_the_frames())
+
+    async def _finish_redraw_after_the_frames(self) -> None:
+        for _ in range(100):  # at most a few seconds: the second part must come even if a view never draws
+            await asyncio.sleep(0.02)
+            if not self.host.slice_render_pending():
+                break
+        await asyncio.sleep(SECOND_PART_AFTER_S)
+        self._finish_redraw()
 
     def _finish_redraw(self) -> None:
         """The second part of a kept-heads change, on the server's event loop after the slice frames."""

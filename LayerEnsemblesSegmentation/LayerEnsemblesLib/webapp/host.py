@@ -95,3 +95,11 @@ class SlicerHost:
         them away. Released (False), each 3D view draws once."""
         for view in self.app.view_manager.get_threed_views():
             view.set_render_blocked(held)  # unblocking schedules one frame
+
+    def slice_render_pending(self) -> bool:
+        """Whether a slice view still has a frame to draw (trame-slicer's asyncio render task)."""
+        for view in self.app.view_manager.get_slice_views():
+            scheduled = getattr(view, "_scheduled_render", None)
+            if getattr(scheduled, "request_render_task", None) is not None:
+                return True
+        return False
