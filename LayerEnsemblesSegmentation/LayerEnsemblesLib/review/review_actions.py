@@ -107,6 +107,7 @@ class ReviewActions:
         if case is not None and self._results.get(case.segmentation_id) is result:
             self.state.region_count, self.state.region_index = len(result.regions), result.region_cursor
         self._changed()
+        runtime.release_freed_memory()  # the surfaces' and regions' working buffers
         return True
 
     def _recombine(self, case, result, two_parts: bool = False, **settings) -> None:
