@@ -16,12 +16,11 @@ import time
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from webapp_support import DEMO_MODEL, copy_cases
+from webapp_support import DEMO_MODEL, assert_only_the_stroke_changed, copy_cases
 
 pytest.importorskip("trame_slicer", reason="the web app needs trame-slicer (pip install -e '.[slicer]')")
 
 CASES = ["hippocampus_006", "hippocampus_007", "hippocampus_008"]
-PAINTED = 1  # the editor paints the first segment (class_1) after activation
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +80,6 @@ def save(app) -> tuple[str, np.ndarray]:
     assert not app.load_errors, app.load_errors
     path = app.recorder.get(app.controller.state.current_case.name).corrected_file
     return path, sitk.GetArrayFromImage(sitk.ReadImage(path))
-
-
-def assert_only_the_stroke_changed(before: np.ndarray, after: np.ndarray) -> None:
-    changed = before != after
-    assert changed.any(), "the stroke painted nothing"
-    assert np.all(after[changed] == PAINTED), "a changed voxel is not the painted segment"
-    assert len(np.unique(np.nonzero(changed)[0])) == 1, "the stroke changed voxels outside the painted slice"
-    assert np.all(after[before > 0] > 0), "foreground the reviewer did not erase was lost"
 
 
 def test_an_unedited_save_is_the_model_and_a_stroke_changes_only_its_voxels(app):
