@@ -97,7 +97,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--device", default="cuda", help="cuda or cpu (training and evaluation)")
     parser.add_argument("--min-dice", type=float, default=0.85)
-    parser.add_argument("--severities", default="2,3", help="shift severities (default 2,3, as the LE's report)")
+    parser.add_argument("--severities", default="2,3", help="shift severities (default 2,3)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation" / "hippocampus_nnunet_fold0")
     args = parser.parse_args()
     env = dict(os.environ)
@@ -159,7 +159,8 @@ def main() -> int:
     run(
         [*cli, "evaluate", "--model", f"nnU-Net-LE={le}", "--model", f"nnU-Net-plain={plain}",
          "--dataset", str(args.data / "dataset.json"), "--cases", f"{split}:validation", "--shifts", "all",
-         "--severities", args.severities, "--device", args.device, "--out", str(args.out), "--overwrite"],
+         "--severities", args.severities, "--pair-curves", "--device", args.device, "--out", str(args.out),
+         "--overwrite"],
         env,
     )  # fmt: skip
     print(f"report: {args.out / 'report.md'}")

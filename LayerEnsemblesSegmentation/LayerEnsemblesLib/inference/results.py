@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,12 +157,15 @@ class Prediction:
         threshold: float,
         threshold_source: str,
         timings: dict[str, float],
+        map_names: Sequence[str] | None = None,
     ) -> None:
         self._session = session
         self.head_range = head_range
         self.head_names = session.member_names[head_range[0] : head_range[1]]
-        self.segmentation = segmentation
-        self.maps = maps
+        # None (with ``map_names``): released, derived again on first use (see release_input_space)
+        self._segmentation: sitk.Image | None = segmentation
+        self._maps: dict[str, sitk.Image] | None = None if segmentation is None else dict(maps)
+        self._map_names = tuple(maps) if segmentation is not None else tuple(map_names or ())
         self.aula = aula
         self.threshold = threshold
         self.threshold_source = threshold_source
@@ -174,6 +177,43 @@ class Prediction:
         self.decision = "accepted" if self.accepted else "flagged"
         self.estimated_dice, self.estimated_dice_text = _estimate_quality(session, head_range, aula)
         self._probabilities: sitk.Image | None = None
+
+    @property
+    def segmentation(self) -> sitk.Image:
+        """The ensemble's label map on the input's grid (uint8 label values)."""
+        return self._input_space()[0]
+
+    @property
+    def maps(self) -> Mapping[str, sitk.Image]:
+        """The voxel maps on the input's grid, by name; the names are known without deriving the images."""
+        return self._maps if self._maps is not None else _MapsOnDemand(self)
+
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        return self._map_names
+
+    def release_input_space(self) -> None:
+        """Drop the input-grid images once they have been used (a review writes them into its scene).
+
+        On a large input they are most of what a shown case holds (a float32 map and a label map of the
+        input's size). They are derived again, bit for bit, when next asked for: one reduction of the
+        retained head outputs and the resampling, as a kept-heads change costs.
+        """
+        self._segmentation = self._maps = None
+
+    def _input_space(self) -> tuple[sitk.Image, dict[str, sitk.Image]]:
+        if self._segmentation is None or self._maps is None:
+            fresh = build_prediction(
+                self._session,
+                self.head_range,
+                self._map_names,
+                self.threshold,
+                self.threshold_source,
+                None,
+                time.perf_counter(),
+            )
+            self._segmentation, self._maps = fresh._segmentation, fresh._maps
+        return self._segmentation, self._maps
 
     @property
     def metadata(self) -> ModelMetadata:
@@ -241,17 +281,18 @@ class Prediction:
             threshold_value, threshold_source = self.threshold, self.threshold_source
         else:
             threshold_value, threshold_source = resolve_threshold(threshold, session.metadata, session.source)
-        if first_stop == self.head_range and set(wanted) <= set(self.maps):
-            # nothing to recompute: same volumes, new decision
+        if first_stop == self.head_range and set(wanted) <= set(self._map_names):
+            # nothing to recompute: same volumes (or the same released ones), new decision
             return Prediction(
                 session,
                 first_stop,
-                self.segmentation,
-                {m: self.maps[m] for m in wanted},
+                self._segmentation,
+                {m: self._maps[m] for m in wanted} if self._maps is not None else {},
                 self.aula,
                 threshold_value,
                 threshold_source,
                 {"total": time.perf_counter() - start},
+                map_names=wanted,
             )
         return build_prediction(session, first_stop, wanted, threshold_value, threshold_source, cancel, start)
 
@@ -295,6 +336,24 @@ class Prediction:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "warnings": self.warnings,
         }
+
+
+class _MapsOnDemand(Mapping[str, sitk.Image]):
+    """A released prediction's maps: names and membership for free, an image derived again on access."""
+
+    def __init__(self, prediction: Prediction) -> None:
+        self._prediction = prediction
+
+    def __getitem__(self, name: str) -> sitk.Image:
+        if name not in self._prediction.map_names:
+            raise KeyError(name)
+        return self._prediction._input_space()[1][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prediction.map_names)
+
+    def __len__(self) -> int:
+        return len(self._prediction.map_names)
 
 
 def build_prediction(

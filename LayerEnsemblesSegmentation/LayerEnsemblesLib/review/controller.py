@@ -23,6 +23,7 @@ import slicer
 
 from ..errors import InputError, first_line
 from ..scene import Batch, SceneContext, Worklist, apply_prediction, remove_result, runtime
+from ..scene.geometry import geometry_only
 from ..scene.results import CaseResult
 from ..scene.session import ReviewSession
 from . import cases as scene_cases
@@ -246,11 +247,12 @@ class ReviewController(ReviewActions):
             segmentation, str(bundle), stored_model_path(model_path) if model_path else "", crop_index
         )
         self._results[result.segmentation_id] = result
-        self._references[result.segmentation_id] = reference
+        self._references[result.segmentation_id] = _reference_grid(reference, prediction)
         case = scene_cases.case_state_from_node(segmentation, self.context.node(result.input_id))
         self._add_case(case)
         if self.state.current is None:
             self.open_case(self.state.cases.index(case))
+        runtime.release_freed_memory()
         self._changed(f"{case.name}: taken from its results bundle (no network pass)")
         return True
 
@@ -355,12 +357,13 @@ class ReviewController(ReviewActions):
             segmentation, str(bundle), stored_model_path(run.model_path), crop_index
         )
         self._results[result.segmentation_id] = result
-        self._references[result.segmentation_id] = reference
+        self._references[result.segmentation_id] = _reference_grid(reference, prediction)
         run.committed.append(result.segmentation_id)
         case = scene_cases.case_state_from_node(segmentation, self.context.node(result.input_id))
         self._add_case(case)
         if run.batch is None:
             self.open_case(self.state.cases.index(case))
+        runtime.release_freed_memory()  # the bundle's and the resampling's buffers
 
     def _keep_bundle(self, path, name: str) -> Path:
         """Move the child's bundle out of its temporary folder into the bundle folder (a unique name)."""
@@ -488,6 +491,15 @@ def _check_same_grid(bundle: Path, saved, image) -> None:
             f"spacing {tuple(round(v, 4) for v in saved.GetSpacing())}) than the volume's "
             f"(size {image.GetSize()}, spacing {tuple(round(v, 4) for v in image.GetSpacing())})"
         )
+
+
+def _reference_grid(reference, prediction):
+    """The input's grid, kept per case for recombination (which reads only its geometry): the prediction's
+    own input grid when it is the same (no ROI crop), else a one-byte-per-voxel copy of the geometry."""
+    from ..preprocessing import same_grid
+
+    own = prediction.session.reference
+    return own if same_grid(own, reference) else geometry_only(reference)
 
 
 def default_bundle_folder() -> Path:

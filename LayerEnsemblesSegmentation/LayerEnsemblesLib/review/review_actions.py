@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..scene import (
     find_uncertain_regions,
+    geometry_only,
     image_from_volume,
     is_user_edited,
     jump_to_region,
@@ -78,7 +79,7 @@ class ReviewActions:
     def _reference(self, result):
         reference = self._references.get(result.segmentation_id)
         if reference is None:
-            reference = image_from_volume(self.context.node(result.input_id))
+            reference = geometry_only(image_from_volume(self.context.node(result.input_id)))
             self._references[result.segmentation_id] = reference
         return reference
 
@@ -114,6 +115,7 @@ class ReviewActions:
         if worklist is not None and result in worklist.cases:
             worklist.refresh()
         self._show(updated, result)
+        runtime.release_freed_memory()  # the full-volume buffers of the old result
 
     def _show(self, case, result) -> None:
         show_result(self.context, result, self.state.heatmap_opacity)

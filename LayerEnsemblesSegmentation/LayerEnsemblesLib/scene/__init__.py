@@ -11,6 +11,7 @@ from .decision import read_decision, segment_status, segment_tag, store_decision
 from .geometry import (
     add_volume_from_image,
     crop_to_box,
+    geometry_only,
     image_from_volume,
     lps_to_ras,
     ras_to_lps,
@@ -56,6 +57,7 @@ __all__ = [
     "HEATMAP_LABELS", "ReviewSession", "SceneContext", "UncertainRegion", "Worklist", "add_slice_views",
     "add_volume_from_image", "apply_prediction", "case_input_from_volume", "case_inputs_from_folder",
     "content_hash", "create_scene", "create_segmentation_node", "crop_to_box", "find_uncertain_regions",
+    "geometry_only",
     "heatmap_color_table", "image_from_volume", "is_user_edited", "jump_to_region", "load_case_image",
     "lps_to_ras", "next_region", "ras_to_lps", "read_decision", "recombine_result", "remove_nodes",
     "remove_result", "roi_corners_ras", "segment_array", "segment_cases", "segment_id", "segment_status",

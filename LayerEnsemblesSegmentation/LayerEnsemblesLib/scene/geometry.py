@@ -55,12 +55,15 @@ def image_from_volume(volume_node) -> sitk.Image:
     if volume_node is None or volume_node.GetImageData() is None:
         raise InputError("input volume: no volume selected, or the volume has no image data")
     if volume_node.GetParentTransformNode() is not None:
-        raise InputError(f"{volume_node.GetName()}: the volume is under a transform; harden the transform "
-                         "(Data module, right-click > Harden transform) and run again")
+        raise InputError(
+            f"{volume_node.GetName()}: the volume is under a transform; harden the transform "
+            "(Data module, right-click > Harden transform) and run again"
+        )
     array = slicer.util.arrayFromVolume(volume_node)
     if array.ndim != 3:
-        raise InputError(f"{volume_node.GetName()}: expected a single-component 3D volume, "
-                         f"got shape {array.shape}")
+        raise InputError(
+            f"{volume_node.GetName()}: expected a single-component 3D volume, got shape {array.shape}"
+        )
     image = sitk.GetImageFromArray(np.array(array, copy=True))
     image.SetSpacing(volume_node.GetSpacing())
     image.SetOrigin(ras_to_lps(volume_node.GetOrigin()))
@@ -77,8 +80,7 @@ def update_volume_from_image(volume_node, image: sitk.Image) -> None:
     apply_image_geometry(volume_node, image)
 
 
-def add_volume_from_image(scene, image: sitk.Image, name: str,
-                          class_name: str = "vtkMRMLScalarVolumeNode"):
+def add_volume_from_image(scene, image: sitk.Image, name: str, class_name: str = "vtkMRMLScalarVolumeNode"):
     node = scene.AddNewNodeByClass(class_name, name)
     update_volume_from_image(node, image)
     node.CreateDefaultDisplayNodes()
@@ -95,11 +97,26 @@ def oriented_image_from_array(array: np.ndarray, reference: sitk.Image) -> slice
     return oriented
 
 
+def geometry_only(image: sitk.Image) -> sitk.Image:
+    """An image with ``image``'s grid and one byte per voxel, for code that reads only the geometry.
+
+    The review keeps a reference grid per case for as long as the case is open; holding the input's
+    voxels there (float32 or float64) would cost four to eight times as much memory for nothing.
+    """
+    if image.GetPixelID() == sitk.sitkUInt8 and image.GetNumberOfComponentsPerPixel() == 1:
+        return image
+    grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(image)
+    return grid
+
+
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance))
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
+    )
 
 
 def roi_corners_ras(roi_node) -> list[tuple[float, float, float]]:
@@ -121,8 +138,9 @@ def roi_corners_ras(roi_node) -> list[tuple[float, float, float]]:
     return corners
 
 
-def crop_to_box(image: sitk.Image, corners_ras,
-                source: str = "ROI") -> tuple[sitk.Image, tuple[int, int, int]]:
+def crop_to_box(
+    image: sitk.Image, corners_ras, source: str = "ROI"
+) -> tuple[sitk.Image, tuple[int, int, int]]:
     """The part of ``image`` inside a box given by its RAS corners, and the index of its first voxel.
 
     The corners are mapped to voxel indices, so a box rotated against the image axes crops to the

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import SimpleITK as sitk
+import slicer
+import vtk
 
 from .bootstrap import SceneContext
 from .colors import heatmap_color_table
-from .geometry import add_volume_from_image, update_volume_from_image
+from .geometry import apply_image_geometry
 from .segmentation import INPUT_REFERENCE_ROLE, ROLE_ATTRIBUTE, place_next_to
 
 HEATMAP_KINDS = ("agreement", "entropy", "mutual_information", "variance")
@@ -68,24 +71,73 @@ def write_heatmap(
     node=None,
     visible_from: float = DEFAULT_VISIBLE_FROM,
 ):
-    """Create (or update in place) the heatmap volume node of one kind, styled and with a colour legend."""
+    """Create (or update in place) the heatmap volume node of one kind, styled and with a colour legend.
+
+    The displayed values are computed straight into the node's voxel array (reused while the size stays):
+    a kept-heads change on a large volume then costs one pass over the map, not a chain of full-volume
+    images and copies.
+    """
     if kind not in HEATMAP_KINDS:
         raise ValueError(f"unknown heatmap kind {kind!r}; expected one of {HEATMAP_KINDS}")
-    shown = display_image(kind, image, num_classes)
-    if node is None:
+    created = node is None
+    if created:
         name = context.scene.GenerateUniqueName(f"{input_node.GetName()} {HEATMAP_LABELS[kind]}")
-        node = add_volume_from_image(context.scene, shown, name)
+        node = context.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    target = _float_voxels(node, tuple(reversed(image.GetSize())))
+    write_display_values(kind, image, num_classes, target)
+    _voxels_modified(node)
+    apply_image_geometry(node, image)
+    if created:
+        node.CreateDefaultDisplayNodes()
         node.SetAttribute(ROLE_ATTRIBUTE, "heatmap")
         node.SetAttribute(KIND_ATTRIBUTE, kind)
         node.SetAttribute(QUANTITY_ATTRIBUTE, quantity_description(kind, num_classes))
         node.SetNodeReferenceID(INPUT_REFERENCE_ROLE, input_node.GetID())
         place_next_to(context, node, input_node)
-    else:
-        update_volume_from_image(node, shown)
     # Same geometry as the input by construction: copy it exactly to avoid float round-off between them.
     node.CopyOrientation(input_node)
     style_heatmap(context, node, visible_from)
     return node
+
+
+def write_display_values(kind: str, image: sitk.Image, num_classes: int, out: np.ndarray) -> None:
+    """``display_image``'s values written into ``out`` (float32, z y x); the same numbers, bit for bit."""
+    if kind != "agreement":
+        out[...] = sitk.GetArrayViewFromImage(display_image(kind, image, num_classes))
+        return
+    agreement = sitk.GetArrayViewFromImage(image)
+    if agreement.dtype != np.float32:
+        agreement = agreement.astype(np.float32)
+    np.subtract(np.float32(1.0), agreement, out=out)
+    np.clip(out, np.float32(0.0), np.float32(1.0), out=out)
+
+
+def _float_voxels(node, shape: tuple[int, ...]) -> np.ndarray:
+    """The node's float32 voxels as a writable (z, y, x) array; allocated only when the size changes."""
+    image_data = node.GetImageData()
+    if image_data is None:
+        image_data = vtk.vtkImageData()
+        node.SetAndObserveImageData(image_data)
+    scalars = image_data.GetPointData().GetScalars()
+    if (
+        scalars is None
+        or scalars.GetDataType() != vtk.VTK_FLOAT
+        or scalars.GetNumberOfComponents() != 1
+        or tuple(reversed(image_data.GetDimensions())) != shape
+    ):
+        image_data.SetDimensions(*reversed(shape))
+        image_data.AllocateScalars(vtk.VTK_FLOAT, 1)
+    return slicer.util.arrayFromVolume(node)
+
+
+def _voxels_modified(node) -> None:
+    """The notifications ``slicer.util.updateVolumeFromArray`` sends, after an in-place write."""
+    image_data = node.GetImageData()
+    image_data.GetPointData().GetScalars().Modified()
+    image_data.Modified()
+    node.StorableModified()
+    node.Modified()
+    node.InvokeEvent(slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, node)
 
 
 def style_heatmap(context: SceneContext, node, visible_from: float = DEFAULT_VISIBLE_FROM) -> None:

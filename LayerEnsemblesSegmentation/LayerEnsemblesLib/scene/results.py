@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import SimpleITK as sitk
+import slicer
 
 from .bootstrap import SceneContext
 from .decision import PREFIX as DECISION_PREFIX
@@ -23,7 +24,7 @@ from .decision import store_decision
 from .geometry import same_geometry, uncrop
 from .heatmaps import DEFAULT_OPACITY, DEFAULT_VISIBLE_FROM, show_in_slice_views, write_heatmap
 from .plots import write_agreement_plot
-from .regions import UncertainRegion, find_uncertain_regions, jump_to_region
+from .regions import UncertainRegion, jump_to_region, regions_from_disagreement
 from .segmentation import create_segmentation_node, is_user_edited, write_segments
 from .surfaces import uncertain_region_id
 
@@ -93,23 +94,37 @@ def _write_all(context: SceneContext, result: CaseResult, reference: sitk.Image,
     write_segments(segmentation, labels, metadata.classes)
     store_decision(segmentation, prediction, metadata.name, metadata.classes)
 
-    agreement_full = None
+    disagreement = None
     for kind, image in prediction.maps.items():
         full = _full_size(image, reference, result.crop_index, 1.0 if kind == "agreement" else 0.0)
         node = write_heatmap(context, input_node, kind, full, metadata.num_classes,
                              node=context.node(result.heatmap_ids.get(kind)))
         result.heatmap_ids[kind] = node.GetID()
         segmentation.SetNodeReferenceID(HEATMAP_ROLE_PREFIX + kind, node.GetID())
-        if kind == "agreement":
-            agreement_full = full
+        if kind == "agreement":  # the map as shown is 1 - agreement: the regions are read from it in place
+            disagreement = (slicer.util.arrayFromVolume(node), full)
     table, chart = write_agreement_plot(context, input_node, prediction, context.node(result.table_id),
                                         context.node(result.chart_id))
     result.table_id, result.chart_id = table.GetID(), chart.GetID()
     segmentation.SetNodeReferenceID(TABLE_ROLE, table.GetID())
     segmentation.SetNodeReferenceID(CHART_ROLE, chart.GetID())
-    if agreement_full is not None:
-        result.regions = find_uncertain_regions(agreement_full, DEFAULT_VISIBLE_FROM)
+    if disagreement is not None:
+        result.regions = regions_from_disagreement(*disagreement, DEFAULT_VISIBLE_FROM)
         result.region_cursor = -1
+    _release_input_space(prediction)
+
+
+def _release_input_space(prediction: Any) -> None:
+    """The scene now holds what the prediction's input-grid images showed: the prediction keeps only its
+    head outputs (the images are derived again if asked for), not a second full-size copy per case."""
+    release = getattr(prediction, "release_input_space", None)
+    if release is not None:
+        release()
+
+
+def _map_names(prediction: Any) -> set[str]:
+    names = getattr(prediction, "map_names", None)
+    return set(names if names is not None else prediction.maps)
 
 
 def show_result(context: SceneContext, result: CaseResult, opacity: float | None = DEFAULT_OPACITY) -> None:
@@ -184,6 +199,7 @@ def add_heatmap(context: SceneContext, result: CaseResult, reference: sitk.Image
     if segmentation is not None:
         segmentation.SetNodeReferenceID(HEATMAP_ROLE_PREFIX + kind, node.GetID())
     result.prediction, result.shown_heatmap = prediction, kind
+    _release_input_space(prediction)
     return result
 
 
@@ -195,11 +211,11 @@ def _only_the_decision_changed(result: CaseResult, prediction: Any, segmentation
     fresh node with the model's voxels here made a Segment Editor session edit a node the case no longer
     pointed to, so a saved correction silently lost the reviewer's strokes (issue 11)."""
     old = result.prediction
-    if segmentation is None or prediction.segmentation is not old.segmentation:
+    # The engine re-derives nothing for the same heads and maps (Prediction.recombine): the same volumes.
+    if segmentation is None or tuple(prediction.head_range) != tuple(old.head_range):
         return False
-    if set(prediction.maps) != set(old.maps) or not set(prediction.maps) <= set(result.heatmap_ids):
-        return False
-    if any(prediction.maps[kind] is not old.maps[kind] for kind in prediction.maps):
+    names = _map_names(prediction)
+    if names != _map_names(old) or not names <= set(result.heatmap_ids):
         return False
     first, stop = prediction.head_range
     return segmentation.GetAttribute(DECISION_PREFIX + "KeptHeads") == f"{first}:{stop}"

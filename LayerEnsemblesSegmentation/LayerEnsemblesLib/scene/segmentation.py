@@ -17,7 +17,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .bootstrap import SceneContext
-from .geometry import oriented_image_from_array
+from .geometry import ijk_to_ras_matrix
 
 CONTENT_HASH_ATTRIBUTE = "LayerEnsembles.ContentHash"
 ROLE_ATTRIBUTE = "LayerEnsembles.Role"
@@ -59,6 +59,7 @@ def create_segmentation_node(context: SceneContext, input_node, classes, name: s
 def write_segments(node, labels: sitk.Image, classes) -> None:
     """Replace each class segment's voxels with ``labels == value`` (same node, same segment IDs)."""
     array = sitk.GetArrayViewFromImage(labels)
+    to_ras = ijk_to_ras_matrix(labels)
     segmentation = node.GetSegmentation()
     was_modifying = node.StartModify()
     try:
@@ -69,12 +70,42 @@ def write_segments(node, labels: sitk.Image, classes) -> None:
             sid = segment_id(value)
             if segmentation.GetSegment(sid) is None:
                 segmentation.AddEmptySegment(sid, info.name, [c / 255.0 for c in info.color])
-            mask = oriented_image_from_array(array == value, labels)
+            mask = slicer.vtkOrientedImageData()
+            mask.SetDimensions(*reversed(array.shape))
+            mask.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            voxels = numpy_support.vtk_to_numpy(mask.GetPointData().GetScalars()).reshape(array.shape)
+            np.equal(array, value, out=voxels.view(np.bool_))  # one pass, straight into the labelmap
+            mask.SetImageToWorldMatrix(to_ras)
             if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(mask, node, sid):
                 raise RuntimeError(f"{node.GetName()}: could not write segment {info.name}")
     finally:
         node.EndModify(was_modifying)
     node.SetAttribute(CONTENT_HASH_ATTRIBUTE, content_hash(node))
+
+
+# Segmentation node -> (what its labelmaps were, their content hash): the in-memory short cut of
+# ``is_user_edited``. VTK modification times come from one global counter, so an unchanged stamp means no
+# voxel was written since the hash was taken, and a threshold change or a redraw needs no full-volume hash.
+_KNOWN_CONTENT: dict[tuple[int, str], tuple[tuple, str]] = {}
+
+
+def _content_stamp(node) -> tuple | None:
+    """Segment IDs, their labelmap objects' modification times and the reference geometry; None when a
+    segment has no binary labelmap (the hash is then always computed)."""
+    segmentation = node.GetSegmentation()
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    parts: list = [
+        segmentation.GetSourceRepresentationName(),
+        segmentation.GetConversionParameter(
+            slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+        ),
+    ]
+    for sid in segmentation.GetSegmentIDs():
+        labelmap = segmentation.GetSegment(sid).GetRepresentation(name)
+        if labelmap is None:
+            return None
+        parts.append((sid, labelmap.GetMTime()))
+    return tuple(parts)
 
 
 def content_hash(node) -> str:
@@ -91,14 +122,28 @@ def content_hash(node) -> str:
         scalars = merged.GetPointData().GetScalars()
         if scalars is not None:
             digest.update(str(merged.GetDimensions()).encode())
-            digest.update(np.ascontiguousarray(numpy_support.vtk_to_numpy(scalars), dtype=np.int16).tobytes())
-    return digest.hexdigest()
+            # the int16 bytes, hashed from the array itself (no extra copy when it is int16 already)
+            digest.update(np.ascontiguousarray(numpy_support.vtk_to_numpy(scalars), dtype=np.int16))
+    value = digest.hexdigest()
+    stamp = _content_stamp(node)
+    if stamp is not None:
+        _KNOWN_CONTENT[_node_key(node)] = (stamp, value)
+    return value
+
+
+def _node_key(node) -> tuple[int, str]:
+    return id(node.GetScene()), node.GetID() or ""
 
 
 def is_user_edited(node) -> bool:
     """True when the segments differ from what this extension last wrote."""
     stored = node.GetAttribute(CONTENT_HASH_ATTRIBUTE)
-    return stored is not None and stored != content_hash(node)
+    if stored is None:
+        return False
+    known = _KNOWN_CONTENT.get(_node_key(node))
+    if known is not None and known[0] == _content_stamp(node):
+        return stored != known[1]
+    return stored != content_hash(node)
 
 
 def segment_array(node, value: int) -> np.ndarray:
@@ -106,7 +151,8 @@ def segment_array(node, value: int) -> np.ndarray:
     merged = slicer.vtkOrientedImageData()
     ids = vtk.vtkStringArray()
     ids.InsertNextValue(segment_id(value))
-    node.GenerateMergedLabelmapForAllSegments(merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
-                                              None, ids)
+    node.GenerateMergedLabelmapForAllSegments(
+        merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, None, ids
+    )
     shape = tuple(reversed(merged.GetDimensions()))
     return numpy_support.vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(shape) > 0

@@ -265,7 +265,8 @@ class ReviewWebApp(TrameApp):
         current = self.controller.state.threshold
         if le_threshold is None or (current is not None and abs(float(le_threshold) - current) < 5e-4):
             return
-        self.controller.set_threshold(round(float(le_threshold), 3))
+        with self.host.views_unchanged():  # the voxels stay: no view needs a new frame
+            self.controller.set_threshold(round(float(le_threshold), 3))
         self.publish()
 
     def _on_heads(self, le_heads, **_kwargs) -> None:
@@ -349,15 +350,16 @@ class ReviewWebApp(TrameApp):
 
 
 def _view_signature(state) -> tuple:
+    """What the slice views draw. The threshold and the score are not in it: a threshold change moves
+    no voxel, and redrawing the views for it would only delay the page (seconds on a large volume)."""
     case = state.current_case
     return (
         state.current,
         case.segmentation_id if case else None,
-        case.score if case else None,
+        case.kept_heads if case else None,
         state.heatmap_kind,
         state.heatmap_opacity,
         state.kept_heads,
-        state.threshold,
         state.region_index,
         len(state.cases),
     )

@@ -8,6 +8,8 @@ first, then the scene.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # no display: straight to EGL
 
@@ -64,8 +66,8 @@ class SlicerHost:
 
     def schedule_render(self) -> None:
         """Ask the slice views for a new frame: slice-layer changes (foreground opacity, volumes) made on
-        MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view (CPU
-        volume rendering, the costly one) redraws on its own when what it shows changes."""
+        MRML nodes directly do not reach trame-slicer's render scheduler on their own. The 3D view redraws
+        on its own when what it shows (the surfaces) changes."""
         for view in self.app.view_manager.get_slice_views():
             view.schedule_render()
 
@@ -75,3 +77,17 @@ class SlicerHost:
             if node.GetOrientation() == "Axial" or node.GetLayoutName() == "Red":
                 return float(node.GetSliceOffset())
         return None
+
+    @contextmanager
+    def views_unchanged(self) -> Iterator[None]:
+        """Run a change that draws nothing new (a threshold: only the decision, the segments' status tags
+        and the plot title change) without the frames its MRML events would ask of every view. On a large
+        volume those redraws hold the server for most of a second, and the page's next change waits behind
+        them. Nothing is scheduled when the block ends (trame-slicer's ``render_blocked`` would)."""
+        views = list(self.app.view_manager.get_views())
+        previous = [view.set_render_blocked(True) for view in views]
+        try:
+            yield
+        finally:
+            for view, blocked in zip(views, previous, strict=True):
+                view._is_render_blocked = blocked  # restored as it was, with no render scheduled
