@@ -388,6 +388,11 @@ def test_an_roi_run_keeps_the_input_geometry_and_an_edit_marks_the_case_correcte
     case = controller.state.current_case
     assert case.reviewer_decision == "corrected" and case.decision_source == "corrected"
     assert segmentation.GetAttribute(REVIEWER_ATTRIBUTE) == "corrected"
+    # the heads it shows again, or another threshold, rewrite no voxel: the edited node stays the case's
+    assert controller.set_kept_heads(*case.kept_heads) and controller.set_threshold(0.0)
+    assert controller.state.current_case.segmentation_id == segmentation.GetID()
+    assert controller.state.current_case.model_decision == "accepted"
+    assert np.array_equal(segment_array(segmentation, 1), mask.astype(bool))
     # recombining keeps the edit and writes the new result beside it, with its bundle reference
     assert controller.set_kept_heads(2, 6)
     fresh = controller.state.current_case

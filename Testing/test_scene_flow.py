@@ -210,6 +210,26 @@ def test_an_edited_segmentation_is_kept_and_a_new_one_is_made(case, image):
     assert not is_user_edited(fresh)
 
 
+def test_a_new_threshold_keeps_an_edited_segmentation_in_place(case, image):
+    """A threshold changes the decision, never a voxel: an edited case stays on its node (a new node with
+    the model's voxels left a Segment Editor editing a node the case no longer pointed to; issue 11)."""
+    context, _, result = case
+    edited = context.node(result.segmentation_id)
+    mask = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
+    mask[5:9, 5:9, 5:9] = 1
+    SegmentsLogic.SetBinaryLabelmapToSegment(oriented_image_from_array(mask, image), edited, "class_1")
+    edited_hash = content_hash(edited)
+    count = context.scene.GetNumberOfNodes()
+
+    recombine_result(context, result, image, threshold=0.0)
+    assert result.segmentation_id == edited.GetID() and context.scene.GetNumberOfNodes() == count
+    assert content_hash(edited) == edited_hash
+    assert read_decision(edited)["Threshold"] == "0" and read_decision(edited)["Decision"] == "accepted"
+    recombine_result(context, result, image, threshold=1.0)
+    assert result.segmentation_id == edited.GetID() and read_decision(edited)["Decision"] == "flagged"
+    np.testing.assert_array_equal(segment_array(edited, 1), mask.astype(bool))
+
+
 def test_cancel_leaves_the_scene_exactly_as_it_was(tiny_model_file, image):
     context = create_scene()
     volume = add_volume_from_image(context.scene, image, "input")

@@ -23,9 +23,11 @@ from cli_runner import run_cli
 from webapp_support import (
     DEMO_MODEL,
     ReviewServer,
+    assert_only_the_stroke_changed,
     browser_missing_reason,
     copy_cases,
     launch_browser,
+    model_labels,
     read_review,
     state,
     view_image,
@@ -348,8 +350,8 @@ def paint_stroke(page, view: int = AXIAL) -> None:
     page.mouse.up()
 
 
-def foreground_voxels(path: Path) -> int:
-    return int(np.count_nonzero(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))))
+def labels(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
 def test_paint_save_correction_then_kill_and_resume(page, server, review_folder, browser):
@@ -364,12 +366,15 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
             message="first correction saved",
         )
     )
+    # Activating the editor and saving changed no voxel: the file is the model's segmentation (issue 11).
+    unedited = labels(first)
+    np.testing.assert_array_equal(unedited, model_labels(read_review(server.out)[name]))
     page.click("#le-correct")
     page.wait_for_selector("#le-paint")
     axial = view_image(page, AXIAL)
     paint_stroke(page)
     wait_frame_change(page, AXIAL, axial)
-    page.wait_for_timeout(500)
+    wait_frame_stable(page, AXIAL)  # the stroke drawn, so applied, before the save
     page.click("#le-save")
     second = Path(
         wait_until(
@@ -382,7 +387,7 @@ def test_paint_save_correction_then_kill_and_resume(page, server, review_folder,
     )
     assert first.is_file() and second.is_file() and second.parent == server.out
     assert second.name == f"{name}_corrected_2.nii.gz"  # never over the earlier correction
-    assert foreground_voxels(second) > foreground_voxels(first)  # the paint stroke added voxels
+    assert_only_the_stroke_changed(unedited, labels(second))  # the stroke's voxels, no other, none lost
     assert read_review(server.out)[name]["reviewer_decision"] == "corrected"
     assert "corrected" in page.inner_text("#le-badge")
     save_screenshot(page, "webapp_correction.png")

@@ -262,3 +262,25 @@ def read_review(out: Path) -> dict[str, dict]:
     if not path.is_file():
         return {}
     return {row["case"]: row for row in json.loads(path.read_text())["cases"]}
+
+
+def assert_only_the_stroke_changed(before: np.ndarray, after: np.ndarray, painted: int = 1) -> None:
+    """``after`` is ``before`` plus one paint stroke in an axial view, and nothing else: some voxels
+    changed, all to the painted segment's label, all in one axial slice, and no foreground was lost."""
+    changed = before != after
+    assert changed.any(), "the stroke painted nothing"
+    assert np.all(after[changed] == painted), "a changed voxel is not the painted segment"
+    slices = np.unique(np.nonzero(changed)[0])
+    assert len(slices) == 1, f"the stroke changed voxels in slices {slices.tolist()}, not in one"
+    lost = int(np.count_nonzero((before > 0) & (after == 0)))
+    assert lost == 0, f"{lost} foreground voxel(s) the reviewer did not touch were lost"
+
+
+def model_labels(review_row: dict) -> np.ndarray:
+    """The model's segmentation of a reviewed case, from its results bundle with the case's kept heads."""
+    import SimpleITK as sitk
+    from LayerEnsemblesLib.inference.bundle import load_bundle
+
+    first, last = (int(v) for v in review_row["kept_heads"].split("-"))
+    prediction = load_bundle(review_row["bundle"], device="cpu", head_range=(first - 1, last))
+    return sitk.GetArrayFromImage(prediction.segmentation)

@@ -202,6 +202,11 @@ class ReviewActions:
                 "loaded model's settings."
             )
             return False
+        if _already_shown(case, **settings):
+            # Nothing to recombine: a recombination would rewrite the voxels, and over a reviewer's edit
+            # it would move the case to a new node (a slider echoing the value it shows must not).
+            self._changed()
+            return True
         self._recombine(case, self._results[case.segmentation_id], **settings)
         return True
 
@@ -378,3 +383,14 @@ class ReviewActions:
             self.open_case(0)
         self._changed(f"{len(restored)} case(s) found in the scene." if restored else None)
         return len(restored)
+
+
+def _already_shown(case, head_range=None, threshold=None) -> bool:
+    """The shown case already holds these settings (its scene attributes say so): nothing to redo."""
+    if head_range is None and threshold is None:
+        return False
+    if head_range is not None and (
+        case.kept_heads is None or tuple(scene_cases.head_range(case.kept_heads)) != tuple(head_range)
+    ):
+        return False
+    return threshold is None or (case.threshold is not None and abs(case.threshold - threshold) <= 1e-9)

@@ -174,7 +174,9 @@ def recombine_result(context: SceneContext, result: CaseResult, reference: sitk.
     """Re-derive everything from the stored head outputs with new kept heads or threshold, in place.
 
     ``heatmap_kind`` adds (and shows) a map the first run did not compute. Returns the same CaseResult,
-    whose ``segmentation_id`` changes only when the previous segmentation had been edited by the user.
+    whose ``segmentation_id`` changes only when new voxels would have to be written over a segmentation
+    the user edited (other kept heads): the edit is kept and the new result goes into a new node. A new
+    threshold alone never does that, edited or not: it changes the decision, not one voxel.
     ``regions_now=False`` leaves the uncertain regions to ``find_pending_regions`` (a GUI draws the
     slice views first), and the segments' 3D surfaces to ``show_in_3d``.
     """
@@ -237,7 +239,11 @@ def add_heatmap(context: SceneContext, result: CaseResult, reference: sitk.Image
 
 def _only_the_decision_changed(result: CaseResult, prediction: Any, segmentation) -> bool:
     """The engine returned the very same volumes, and they are the ones the scene shows (its stored kept
-    heads match; after a reopened scene the in-memory prediction may be another head range's)."""
+    heads match; after a reopened scene the in-memory prediction may be another head range's).
+
+    A user-edited segmentation counts too: its voxels are the reviewer's and stay. Moving the case to a
+    fresh node with the model's voxels here made a Segment Editor session edit a node the case no longer
+    pointed to, so a saved correction silently lost the reviewer's strokes (issue 11)."""
     old = result.prediction
     # The engine re-derives nothing for the same heads and maps (Prediction.recombine): the same volumes.
     if segmentation is None or tuple(prediction.head_range) != tuple(old.head_range):
@@ -246,9 +252,7 @@ def _only_the_decision_changed(result: CaseResult, prediction: Any, segmentation
     if names != _map_names(old) or not names <= set(result.heatmap_ids):
         return False
     first, stop = prediction.head_range
-    if segmentation.GetAttribute(DECISION_PREFIX + "KeptHeads") != f"{first}:{stop}":
-        return False
-    return not is_user_edited(segmentation)
+    return segmentation.GetAttribute(DECISION_PREFIX + "KeptHeads") == f"{first}:{stop}"
 
 
 def next_region(context: SceneContext, result: CaseResult) -> UncertainRegion | None:

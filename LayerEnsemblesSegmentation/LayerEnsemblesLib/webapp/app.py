@@ -39,6 +39,7 @@ POLL_SECONDS = 0.15
 # the 3D view, once the slice views have drawn and this long after (their frames' encoding and push: the
 # second part holds the GIL and the event loop, and would hold the frames back).
 SECOND_PART_AFTER_S = 0.15
+EDITING_REFUSAL = "kept heads not changed: save the correction being edited first"
 TOOLS = {
     "paint": SegmentationEffectPaint,
     "erase": SegmentationEffectErase,
@@ -280,6 +281,12 @@ class ReviewWebApp(TrameApp):
         first, last = (int(round(float(v))) for v in le_heads)
         if self.controller.state.kept_heads == (first, last):
             return
+        if self.state.le_editing:
+            # Other heads mean other voxels: over a correction being painted they would go into a new
+            # node, and the correction would be left behind, hidden. The slider goes back.
+            self.load_errors.append(EDITING_REFUSAL)
+            self.publish()
+            return
         self.host.hold_3d_views(True)
         try:
             self.controller.set_kept_heads(first, last)
@@ -340,6 +347,14 @@ class ReviewWebApp(TrameApp):
         if stack is not None and stack.can_undo():
             stack.undo()
 
+    def _edited_nodes(self):
+        """(segmentation, volume) the Segment Editor is editing, None when not editing: a save writes what
+        the reviewer painted, whatever the controller did with the case since."""
+        editor = self.host.editor
+        if not self.state.le_editing or editor.active_segmentation_node is None:
+            return None
+        return editor.active_segmentation_node, editor.active_volume_node
+
     def stop_editing(self) -> None:
         self.host.editor.deactivate_effect()
         self.state.le_editing, self.state.le_tool = False, ""
@@ -351,7 +366,7 @@ class ReviewWebApp(TrameApp):
         if case is None or not nodes:
             self.publish()
             return
-        segmentation, volume = nodes
+        segmentation, volume = self._edited_nodes() or nodes
         try:
             path = save_correction(segmentation, volume, self.roots.resolve(self.out), case.name)
         except (InputError, OSError, ValueError) as error:

@@ -47,6 +47,9 @@ class SlicerHost:
         self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layout_manager.set_layout(LAYOUT)
+        # The editor keeps the closed surfaces of the segmentation it edits (by default it removes them on
+        # activation and after every stroke): the 3D view goes on showing the case while it is corrected.
+        self.app.segmentation_editor.set_surface_representation_enabled(True)
 
     @property
     def editor(self):

@@ -106,7 +106,7 @@ def _controls(ctrl) -> None:
             thumb_label=True,
             density="compact",
             hide_details=True,
-            disabled=("!le_has_result",),
+            disabled=("!le_has_result || le_editing",),  # other heads would write over a correction
         )
     html.Div(
         "heads {{ le_heads[0] }}–{{ le_heads[1] }} of {{ le_head_count }}",
