@@ -191,7 +191,7 @@ class ReviewActions:
         self.state.threshold = threshold
         return self._apply_to_shown(threshold=threshold)
 
-    def _apply_to_shown(self, **settings) -> bool:
+    def _apply_to_shown(self, two_parts: bool = False, **settings) -> bool:
         case = self.state.current_case
         if case is None:
             self._changed()
@@ -207,7 +207,7 @@ class ReviewActions:
             # it would move the case to a new node (a slider echoing the value it shows must not).
             self._changed()
             return True
-        self._recombine(case, self._results[case.segmentation_id], **settings)
+        self._recombine(case, self._results[case.segmentation_id], two_parts=two_parts, **settings)
         return True
 
     @action
