@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from trame.app import TrameApp
@@ -36,9 +37,11 @@ from .ui import build_ui
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.15
 # A kept-heads change is shown in two parts: the slice views' frames first, then the uncertain regions and
-# the 3D view, once the slice views have drawn and this long after (their frames' encoding and push: the
-# second part holds the GIL and the event loop, and would hold the frames back).
-SECOND_PART_AFTER_S = 0.15
+# the 3D view, once the slice views have drawn and their frames have gone out (no push for this long):
+# the second part holds the GIL and the event loop, and would hold the frames back. At most
+# SECOND_PART_WAIT_S after the first part, the second part runs anyway.
+FRAMES_QUIET_S = 0.05
+SECOND_PART_WAIT_S = 1.0
 EDITING_REFUSAL = "kept heads not changed: save the correction being edited first"
 TOOLS = {
     "paint": SegmentationEffectPaint,
@@ -68,7 +71,7 @@ class ReviewWebApp(TrameApp):
         self.roots = AllowedRoots([*inputs, self.out])
         self.host = SlicerHost(self.server)
         self.controller = ReviewController(self.host.context, bundle_folder=self.out / "bundles")
-        self.controller.redraw_in_two_parts = True  # see SECOND_PART_AFTER_S
+        self.controller.redraw_in_two_parts = True  # see FRAMES_QUIET_S
         self.recorder = ReviewRecorder.open(self.out)
         self.load_errors: list[str] = []
         self._shown_opacity = 0.5
@@ -298,11 +301,14 @@ class ReviewWebApp(TrameApp):
             asyncio.ensure_future(self._finish_redraw_after_the_frames())
 
     async def _finish_redraw_after_the_frames(self) -> None:
-        for _ in range(100):  # at most a few seconds: the second part must come even if a view never draws
+        started = time.monotonic()
+        while time.monotonic() - started < SECOND_PART_WAIT_S:
             await asyncio.sleep(0.02)
-            if not self.host.slice_render_pending():
+            if self.host.slice_render_pending():
+                continue
+            pushed = self.host.last_frame_pushed()
+            if pushed > started and time.monotonic() - pushed >= FRAMES_QUIET_S:
                 break
-        await asyncio.sleep(SECOND_PART_AFTER_S)
         self._finish_redraw()
 
     def _finish_redraw(self) -> None:

@@ -8,6 +8,7 @@ first, then the scene.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,10 +23,31 @@ from ..scene.bootstrap import SceneContext, _application_home  # noqa: E402
 LAYOUT = "Axial Primary"
 
 
+_LAST_PUSH = [0.0]  # monotonic time of the last frame any view pushed to the pages
+
+
+def _record_frame_pushes() -> None:
+    """Note when a view's frame goes out to the pages (trame-rca's adapter), so that work holding the
+    event loop can wait until the frames it must not hold back have gone."""
+    from trame_rca.utils import RcaViewAdapter
+
+    if getattr(RcaViewAdapter.push, "layer_ensembles_recorded", False):
+        return
+    original = RcaViewAdapter.push
+
+    def push(self, content, meta):
+        original(self, content, meta)
+        _LAST_PUSH[0] = time.monotonic()
+
+    push.layer_ensembles_recorded = True
+    RcaViewAdapter.push = push
+
+
 class SlicerHost:
     """The Slicer core of one server: one scene, its views streamed to the browser, its segment editor."""
 
     def __init__(self, server):
+        _record_frame_pushes()
         self.app = SlicerApp()
         home = _application_home()
         self.app.app_logic.SetHomeDirectory(home)
@@ -106,3 +128,8 @@ class SlicerHost:
             if getattr(scheduled, "request_render_task", None) is not None:
                 return True
         return False
+
+    @staticmethod
+    def last_frame_pushed() -> float:
+        """``time.monotonic()`` of the last frame a view pushed to the pages (0 before any)."""
+        return _LAST_PUSH[0]
