@@ -107,9 +107,9 @@ def candidates(data: Features, default_first: int) -> list[Candidate]:
         Candidate(
             f"aula_union_from_{k}", f"AULA union, pairs {k}..{pairs - 1}", normalised_aula(data.union, k)
         )
-        for k in range(pairs - 1)
+        for k in range(pairs)  # k = pairs - 1: the deepest pair alone (a model keeping 2 heads)
     ]
-    for k in range(pairs - 1):
+    for k in range(pairs):
         per_class = [normalised_aula(m, k) for m in data.classes.values()]
         found.append(
             Candidate(
