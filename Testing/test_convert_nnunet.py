@@ -25,12 +25,11 @@ from LayerEnsemblesLib.cli import main as cli_main  # noqa: E402
 from LayerEnsemblesLib.contract import read_metadata  # noqa: E402
 from LayerEnsemblesLib.convert.nnunet import (  # noqa: E402
     convert_nnunet,
-    find_model_folder,
-    find_trainer_class,
     load_checkpoint,
 )
 from LayerEnsemblesLib.errors import InputError  # noqa: E402
 from LayerEnsemblesLib.inference import Predictor  # noqa: E402
+from nnunet_reference import nnunet_prediction, our_prediction  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DATASET = FIXTURES / "nnunet_tiny" / "Dataset901_LETiny"
@@ -52,55 +51,6 @@ def fold0(tmp_path_factory) -> Path:
     if not MODEL.is_dir():
         pytest.skip(f"fixture missing: {MODEL}")
     return convert_nnunet(DATASET, tmp_path_factory.mktemp("nnunet") / "fold0.pt", configuration="3d_fullres")
-
-
-def nnunet_prediction(folds: list[str], images: list[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
-    """nnUNetPredictor's own segmentation and probabilities (mirroring off, step 0.5, Gaussian, CPU)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    model = find_model_folder(MODEL, None)
-    checkpoints = [load_checkpoint(MODEL / f"fold_{f}" / "checkpoint_final.pth") for f in folds]
-    plans_manager = PlansManager(model.plans)
-    configuration = plans_manager.get_configuration(model.configuration)
-    trainer = find_trainer_class(checkpoints[0]["trainer_name"], str(MODEL))
-    labels = plans_manager.get_label_manager(model.dataset)
-    network = trainer.build_network_architecture(
-        plans_manager,
-        configuration,
-        len(images),
-        labels.num_segmentation_heads,
-        enable_deep_supervision=False,
-    )
-    predictor = nnUNetPredictor(
-        tile_step_size=0.5,
-        use_gaussian=True,
-        use_mirroring=False,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
-        allow_tqdm=False,
-    )
-    predictor.manual_initialization(
-        network,
-        plans_manager,
-        configuration,
-        [c["network_weights"] for c in checkpoints],
-        model.dataset,
-        checkpoints[0]["trainer_name"],
-        None,
-    )
-    array = np.stack([sitk.GetArrayFromImage(i) for i in images]).astype(np.float32)
-    properties = {"spacing": list(images[0].GetSpacing())[::-1]}
-    segmentation, probabilities = predictor.predict_single_npy_array(array, properties, None, None, True)
-    return segmentation, probabilities
-
-
-def our_prediction(model: Path, images: list[sitk.Image]):
-    predictor = Predictor(model, device="cpu")
-    last = predictor.metadata.num_heads - 1
-    prediction = predictor.predict(sitk.Compose(images), skip_heads=last, maps=None)
-    probabilities = np.moveaxis(sitk.GetArrayFromImage(prediction.probabilities), -1, 0)
-    return sitk.GetArrayFromImage(prediction.segmentation), probabilities
 
 
 def test_metadata_reproduces_the_plans(fold0):
@@ -142,7 +92,7 @@ def test_info_says_where_the_model_came_from(fold0):
 )
 def test_final_head_reproduces_nnunet_predictor(fold0, shape):
     images, _ = make_case(100, shape)
-    theirs_segmentation, theirs = nnunet_prediction(["0"], images)
+    theirs_segmentation, theirs = nnunet_prediction(MODEL, ["0"], images)
     ours_segmentation, ours = our_prediction(fold0, images)
     agreement = float((ours_segmentation == theirs_segmentation).mean())
     assert agreement >= 0.995, agreement
@@ -182,7 +132,7 @@ def test_all_folds_become_a_deep_ensemble(tmp_path):
     assert metadata.head_names == ["fold_0", "fold_1"]
     assert "folds 0, 1" in metadata.provenance["converted_from"]
     images, _ = make_case(100)
-    theirs_segmentation, _ = nnunet_prediction(["0", "1"], images)
+    theirs_segmentation, _ = nnunet_prediction(MODEL, ["0", "1"], images)
     predictor = Predictor(path, device="cpu")
     ours = sitk.GetArrayFromImage(predictor.predict(sitk.Compose(images), maps=None).segmentation)
     # nnU-Net averages the folds' logits, the engine their probabilities: nearly the same labels

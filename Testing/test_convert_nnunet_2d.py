@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from cli_runner import run_cli
 from engine_models import error_lines
 
@@ -28,13 +27,10 @@ pytest.importorskip("nnunetv2", reason="nnunetv2 is not installed (pip install '
 from LayerEnsemblesLib.contract import read_metadata  # noqa: E402
 from LayerEnsemblesLib.convert.nnunet import (  # noqa: E402
     convert_nnunet,
-    find_model_folder,
-    find_trainer_class,
-    load_checkpoint,
 )
 from LayerEnsemblesLib.errors import InputError  # noqa: E402
-from LayerEnsemblesLib.inference import Predictor  # noqa: E402
 from LayerEnsemblesLib.preprocessing import to_network_space  # noqa: E402
+from nnunet_reference import nnunet_prediction, our_prediction  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nnunet_tiny"
 _spec = importlib.util.spec_from_file_location(
@@ -59,53 +55,6 @@ def _require(folder: Path) -> None:
 def axial(tmp_path_factory) -> Path:
     _require(AXIAL_MODEL)
     return convert_nnunet(AXIAL, tmp_path_factory.mktemp("nnunet2d") / "axial.pt", configuration="2d")
-
-
-def nnunet_prediction(images: list[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
-    """nnUNetPredictor's segmentation and probabilities for the 2D fold (mirroring off, step 0.5, CPU)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    model = find_model_folder(AXIAL_MODEL, None)
-    checkpoint = load_checkpoint(AXIAL_MODEL / "fold_0" / "checkpoint_final.pth")
-    plans_manager = PlansManager(model.plans)
-    configuration = plans_manager.get_configuration(model.configuration)
-    trainer = find_trainer_class(checkpoint["trainer_name"], str(AXIAL_MODEL))
-    network = trainer.build_network_architecture(
-        plans_manager,
-        configuration,
-        len(images),
-        plans_manager.get_label_manager(model.dataset).num_segmentation_heads,
-        enable_deep_supervision=False,
-    )
-    predictor = nnUNetPredictor(
-        tile_step_size=0.5,
-        use_gaussian=True,
-        use_mirroring=False,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
-        allow_tqdm=False,
-    )
-    predictor.manual_initialization(
-        network,
-        plans_manager,
-        configuration,
-        [checkpoint["network_weights"]],
-        model.dataset,
-        checkpoint["trainer_name"],
-        None,
-    )
-    array = np.stack([sitk.GetArrayFromImage(i) for i in images]).astype(np.float32)
-    properties = {"spacing": list(images[0].GetSpacing())[::-1]}
-    return predictor.predict_single_npy_array(array, properties, None, None, True)
-
-
-def our_prediction(model: Path, images: list[sitk.Image]) -> tuple[np.ndarray, np.ndarray]:
-    predictor = Predictor(model, device="cpu")
-    last = predictor.metadata.num_heads - 1
-    prediction = predictor.predict(sitk.Compose(images), skip_heads=last, maps=None)
-    probabilities = np.moveaxis(sitk.GetArrayFromImage(prediction.probabilities), -1, 0)
-    return sitk.GetArrayFromImage(prediction.segmentation), probabilities
 
 
 def test_metadata_and_info_say_2d(axial):
@@ -136,7 +85,7 @@ def test_metadata_and_info_say_2d(axial):
 def test_final_head_reproduces_nnunet_predictor(axial, shape, spacing_xyz):
     """Same tiling (in-plane size a multiple of the divisor, or below the patch): same windows per slice."""
     images, _ = make_case(100, shape, spacing_xyz)
-    theirs_segmentation, theirs = nnunet_prediction(images)
+    theirs_segmentation, theirs = nnunet_prediction(AXIAL_MODEL, ["0"], images)
     ours_segmentation, ours = our_prediction(axial, images)
     assert set(np.unique(theirs_segmentation)) == {0, 1, 2}  # every class: a model that segments
     agreement = float((ours_segmentation == theirs_segmentation).mean())
@@ -165,7 +114,7 @@ def test_where_tiling_or_spacing_differs_labels_still_agree(axial, shape, spacin
     which moves thin boundaries most (docs/nnunet.md has the numbers).
     """
     images, _ = make_case(100, shape, spacing_xyz)
-    theirs_segmentation, _ = nnunet_prediction(images)
+    theirs_segmentation, _ = nnunet_prediction(AXIAL_MODEL, ["0"], images)
     ours_segmentation, ours = our_prediction(axial, images)
     agreement = float((ours_segmentation == theirs_segmentation).mean())
     assert agreement >= 0.995, agreement
