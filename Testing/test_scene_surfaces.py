@@ -109,3 +109,28 @@ def test_the_shown_case_is_drawn_as_surfaces_with_its_uncertain_region():
     uncertain_id = uncertain.GetID()
     remove_result(context, first)
     assert context.node(uncertain_id) is None and context.node(other.GetID()) is not None
+
+
+def test_an_uncertain_region_that_empties_leaves_an_empty_surface():
+    """A map with nothing at or above the level (all heads agree, or a single kept head) empties the
+    region: the segment stays, with no voxel and no surface, and a later map fills it again."""
+    context = create_scene()
+    result, _ = a_case(context, 0)
+    show_in_3d(context, result)
+    segmentation = context.node(result.segmentation_id)
+    uncertain = context.node(uncertain_region_id(segmentation))
+    assert labelmap_voxels(uncertain, UNCERTAIN_SEGMENT) > 0
+    heatmap = context.node(result.heatmap_ids["agreement"])
+    values = numpy_support.vtk_to_numpy(heatmap.GetImageData().GetPointData().GetScalars())
+    saved = values.copy()
+    values[:] = 0.0  # nothing uncertain
+    heatmap.GetImageData().Modified()
+    show_in_3d(context, result)
+    assert uncertain.GetSegmentation().GetSegment(UNCERTAIN_SEGMENT) is not None
+    assert labelmap_voxels(uncertain, UNCERTAIN_SEGMENT) == 0
+    assert surface_points(uncertain, UNCERTAIN_SEGMENT) == 0
+    values[:] = saved
+    heatmap.GetImageData().Modified()
+    show_in_3d(context, result)
+    assert labelmap_voxels(uncertain, UNCERTAIN_SEGMENT) > 0
+    assert surface_points(uncertain, UNCERTAIN_SEGMENT) > 0
