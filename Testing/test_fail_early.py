@@ -378,7 +378,7 @@ def test_an_os_error_is_one_line_with_exit_2(tmp_path, tiny_model_file):
 def test_a_bug_is_one_line_with_exit_1_and_the_traceback_on_request(tiny_model_file, capsys, monkeypatch):
     from LayerEnsemblesLib.commands import info
 
-    def broken(path):
+    def broken(*args, **kwargs):
         return {}["no such key"]  # a genuine bug in a command: KeyError
 
     monkeypatch.setattr(info, "read_metadata", broken)
