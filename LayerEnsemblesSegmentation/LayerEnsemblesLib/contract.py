@@ -216,10 +216,11 @@ def load_model(
     Predictor, hence segment, evaluate and the review engine) takes the same view.
     """
     metadata = _read_metadata(path)
-    if member is not None:
-        from .members import member_metadata
+    if member is not None:  # a bad member is refused before the network is loaded
+        from .members import member_index, member_metadata, member_view
 
-        member_metadata(metadata, member, str(path))  # refuse a bad member before loading the network
+        index = member_index(metadata, member, str(path))
+        view_metadata = member_metadata(metadata, index, str(path))
     try:
         module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as error:
@@ -228,9 +229,7 @@ def load_model(
         ) from None
     module.eval()
     if member is not None:
-        from .members import member_view
-
-        return member_view(module, metadata, member, str(path))
+        return member_view(module, view_metadata, index, str(path))
     return module, metadata
 
 

@@ -108,14 +108,14 @@ def member_metadata(metadata: ModelMetadata, member: int | str, source: str) -> 
 
 
 def member_view(
-    archive: torch.jit.ScriptModule, metadata: ModelMetadata, member: int | str, source: str
+    archive: torch.jit.ScriptModule, view_metadata: ModelMetadata, index: int, source: str
 ) -> tuple[torch.jit.ScriptModule, ModelMetadata]:
-    """The member's module (a scripted :class:`MemberView`) and its metadata."""
-    view_metadata = member_metadata(metadata, member, source)
+    """Member ``index``'s module (a scripted :class:`MemberView`) beside its metadata, which
+    :func:`member_metadata` made before the archive was loaded (a bad member is refused without it)."""
     if not hasattr(archive, "member_heads"):
         raise InputError(
             f"{source}: the metadata declares member heads but the archive has no member_heads method"
         )
-    module = torch.jit.script(MemberView(archive, member_index(metadata, member, source)))
+    module = torch.jit.script(MemberView(archive, index))
     module.eval()
     return module, view_metadata
