@@ -61,7 +61,7 @@ def regions_from_disagreement(
     every voxel of the volume at each kept-heads change.
     """
     mask = array >= np.float32(min_disagreement)  # BinaryThreshold's test, in the pixel type
-    box = _bounding_box(mask)
+    box = mask_bounding_box(mask)
     if box is None:
         return []
     start, stop = box
@@ -105,7 +105,7 @@ def regions_from_disagreement(
     ]
 
 
-def _bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+def mask_bounding_box(mask: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """(start, stop) of the smallest box holding every true voxel, array order; None when there is none."""
     start, stop = [], []
     for axis in range(mask.ndim):

@@ -21,6 +21,7 @@ from vtk.util import numpy_support
 
 from .bootstrap import SceneContext
 from .heatmaps import DEFAULT_VISIBLE_FROM
+from .regions import mask_bounding_box
 from .segmentation import INPUT_REFERENCE_ROLE, ROLE_ATTRIBUTE, place_next_to
 
 UNCERTAIN_ROLE = "uncertain-region"
@@ -89,14 +90,13 @@ def uncertain_labelmap(heatmap_node, level: float) -> slicer.vtkOrientedImageDat
     heatmap_node.GetIJKToRASMatrix(matrix)  # a volume node's image data has unit spacing, zero origin
     labelmap = slicer.vtkOrientedImageData()
     labelmap.SetImageToWorldMatrix(matrix)
-    if not mask.any():  # nothing uncertain (or an undefined map, e.g. one kept head): no labelmap
+    box = mask_bounding_box(mask)
+    if box is None:  # nothing uncertain (or an undefined map, e.g. one kept head): no labelmap
         return None
-    z = np.flatnonzero(mask.any(axis=(1, 2)))
-    y = np.flatnonzero(mask.any(axis=(0, 2)))
-    x = np.flatnonzero(mask.any(axis=(0, 1)))
-    labelmap.SetExtent(int(x[0]), int(x[-1]), int(y[0]), int(y[-1]), int(z[0]), int(z[-1]))
+    (z0, y0, x0), (z1, y1, x1) = box
+    labelmap.SetExtent(x0, x1 - 1, y0, y1 - 1, z0, z1 - 1)
     labelmap.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    box = mask[z[0] : z[-1] + 1, y[0] : y[-1] + 1, x[0] : x[-1] + 1]
+    box = mask[z0:z1, y0:y1, x0:x1]
     numpy_support.vtk_to_numpy(labelmap.GetPointData().GetScalars())[:] = box.astype(np.uint8).ravel()
     return labelmap
 
