@@ -35,19 +35,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "LayerEnsemblesSegmentation"))
 
 from LayerEnsemblesLib.evaluation import baselines  # noqa: E402
-from LayerEnsemblesLib.training import TrainConfig, read_run_config, train  # noqa: E402
+from LayerEnsemblesLib.training import TrainConfig, read_run_config, resume, train  # noqa: E402
 
 
 def _split(run: Path) -> dict:
     return json.loads((run / "split.json").read_text(encoding="utf-8"))
 
 
-def train_baseline(base: TrainConfig, out: Path, seed: int, split_seed: int, dropout: float, name: str,
-                   epochs: int | None, device: str | None, threads: int | None = None) -> Path:
-    """Train one plain network like the layer ensemble (same split); reuse a finished run."""
+def train_baseline(
+    base: TrainConfig,
+    out: Path,
+    seed: int,
+    split_seed: int,
+    dropout: float,
+    name: str,
+    epochs: int | None,
+    device: str | None,
+    threads: int | None = None,
+) -> Path:
+    """Train one plain network like the layer ensemble (same split); reuse a finished run.
+
+    An interrupted run (``last.pt`` without ``model.pt``) is resumed, so that CPU training can be
+    spread over several sessions.
+    """
     model = out / "model.pt"
     if model.is_file():
         print(f"reusing {model}", flush=True)
+        return model
+    if (out / "last.pt").is_file():
+        print(f"resuming {name} in {out}", flush=True)
+        resume(out, epochs=epochs, device=device, threads=threads)
         return model
     config = dataclasses.replace(
         base, out=str(out), seed=seed, split_seed=split_seed, head_weights="last", dropout=dropout, name=name,
@@ -76,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--severities", default="1,2,3", help="shift severities (default 1,2,3)")
     parser.add_argument("--dice-threshold", default="0.8", help="QC threshold on mean Dice (default 0.8)")
     parser.add_argument("--no-le-last-head", action="store_true", help="leave out the LE-last-head method")
+    parser.add_argument(
+        "--train-only",
+        help="train (or resume) only these runs, comma-separated "
+        "(plain-seed0, ..., dropout), then stop; lets several processes share the work",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted evaluation in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an evaluation in --out")
     args = parser.parse_args(argv)
@@ -85,6 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     split_seed = base.seed if getattr(base, "split_seed", None) is None else base.split_seed
     base = dataclasses.replace(base, dataset=args.dataset, images=None, labels=None)
     args.work.mkdir(parents=True, exist_ok=True)
+
+    runs = {f"plain-seed{i}": (1000 + i, 0.0) for i in range(args.members)}
+    runs["dropout"] = (2000, args.dropout)
+    if args.train_only:
+        chosen = args.train_only.split(",")
+        unknown = sorted(set(chosen) - set(runs))
+        if unknown:
+            choices = ", ".join(runs)
+            raise SystemExit(f"--train-only: unknown run(s) {', '.join(unknown)}; choose from {choices}")
+        for name in chosen:
+            seed, dropout = runs[name]
+            train_baseline(base, args.work / name, seed, split_seed, dropout, name, args.epochs, args.device)
+        return 0
 
     members = [
         train_baseline(base, args.work / f"plain-seed{i}", 1000 + i, split_seed, 0.0, f"plain-seed{i}",
