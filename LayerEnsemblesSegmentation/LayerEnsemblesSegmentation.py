@@ -22,6 +22,7 @@ import slicer
 import vtk
 from LayerEnsemblesLib.review.controller import ReviewController
 from LayerEnsemblesLib.review.models import DEMO_MODEL, resolve_model_path, stored_model_path
+from LayerEnsemblesLib.review.queue_view import queue_text
 from LayerEnsemblesLib.scene import SceneContext, runtime
 from LayerEnsemblesLib.scene.heatmaps import module_volume_ids
 from LayerEnsemblesLib.scene.plots import agreement_plot_view
@@ -347,6 +348,9 @@ class LayerEnsemblesSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservat
         try:
             self.ui.statusLabel.text = state.status
             self.ui.progressBar.setVisible(state.run.running)
+            queued = queue_text(state)
+            self.ui.queueLabel.text = queued
+            self.ui.queueLabel.setVisible(bool(queued))
             self.ui.cancelButton.setEnabled(state.run.running)
             modelPath = resolve_model_path(self._parameterNode.modelPath) if self._parameterNode else ""
             self.ui.modelSummaryText.plainText = (

@@ -13,6 +13,7 @@ from LayerEnsemblesLib.fileio import read_image
 from LayerEnsemblesLib.review.cases import BUNDLE_ATTRIBUTE, REVIEWER_ATTRIBUTE, SOURCE_ATTRIBUTE
 from LayerEnsemblesLib.review.controller import ReviewController
 from LayerEnsemblesLib.review.models import DEMO_MODEL, MODULE_DIR
+from LayerEnsemblesLib.review.queue_view import queue_text
 from LayerEnsemblesLib.scene import (
     add_volume_from_image,
     create_scene,
@@ -234,13 +235,17 @@ def test_a_batch_shows_its_cases_queued_then_segmenting_until_each_has_its_resul
     volumes = blob_volumes(context, 3)
     controller.load_model(tiny_model_file)
     snapshots = []
+    panel_texts = []  # what the Slicer panel's queue label shows (the web app's rows have the same words)
     controller.subscribe(
         "progress",
-        lambda _payload: snapshots.append(
-            (
-                [(q.name, q.status, q.fraction) for q in controller.state.run.cases],
-                len(controller.state.cases),
-            )
+        lambda _payload: (
+            snapshots.append(
+                (
+                    [(q.name, q.status, q.fraction) for q in controller.state.run.cases],
+                    len(controller.state.cases),
+                )
+            ),
+            panel_texts.append(queue_text(controller.state)),
         ),
     )
     assert controller.segment_volumes(volumes)
@@ -258,6 +263,9 @@ def test_a_batch_shows_its_cases_queued_then_segmenting_until_each_has_its_resul
         shown = [queue for queue, results in snapshots if results == done]
         assert shown and all([name for name, _, _ in queue] == names[done:] for queue in shown)
     assert any(0.0 < fraction < 1.0 for queue, _ in snapshots for _, status, fraction in queue)
+    assert f"{names[0]}: segmenting 0%\n{names[1]}: queued\n{names[2]}: queued" in panel_texts
+    assert any(text.startswith(f"{names[2]}: segmenting ") and "\n" not in text for text in panel_texts)
+    assert queue_text(controller.state) == ""  # nothing waits once the run is over
 
 
 def cancel_after_first_commit(controller: ReviewController, action) -> None:
@@ -342,6 +350,39 @@ def test_a_failing_batch_is_reported_once(review, tiny_model_file, tmp_path):
     assert line.startswith("2 of 3 case(s) failed (1 done)") and "broken" in line and "empty" in line
     assert [case.name for case in controller.state.cases] == ["good"]
     assert controller.state.current_case.name == "good"
+    # The run's failure stays shown while the reviewer works on; an action's refusal only until an
+    # action succeeds (it no longer describes the review then).
+    assert controller.accept() and controller.state.last_error == line
+    assert controller.set_kept_heads(3, 2) is None and "kept heads 3-2" in controller.state.last_error
+    assert controller.flag() and controller.state.last_error == ""
+
+
+def test_kept_heads_are_locked_while_a_correction_is_open(review, tiny_model_file, tmp_path):
+    context, controller, events = review
+    controller.load_model(tiny_model_file)
+    controller.segment_volume(blob_volumes(context, 1)[0])
+    run_to_end(controller)
+    first, last = controller.state.kept_heads
+    segmentation, volume = controller.begin_correction()
+    assert controller.state.correcting
+    assert segmentation.GetID() == controller.state.current_case.segmentation_id
+    assert controller.set_kept_heads(first, last) is not None  # the heads it shows: nothing to refuse
+    assert controller.set_kept_heads(first + 1, last) is None
+    assert "save the correction" in controller.state.last_error
+    assert controller.state.kept_heads == (first, last)
+    path = controller.save_correction(segmentation, volume, tmp_path)
+    assert path.endswith("_corrected.nii.gz") and (tmp_path / path.split("/")[-1]).is_file()
+    assert not controller.state.correcting and controller.state.last_error == ""
+    assert controller.state.current_case.reviewer_decision == "corrected"
+    assert controller.set_kept_heads(first + 1, last) and controller.state.kept_heads == (first + 1, last)
+    # A correction that cannot be written says why, and stays open (nothing the reviewer painted is lost).
+    segmentation, volume = controller.begin_correction()
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    assert controller.save_correction(segmentation, volume, blocked) is None
+    assert "correction not saved" in controller.state.last_error and controller.state.correcting
+    controller.end_correction()
+    assert not controller.state.correcting
 
 
 def test_actions_without_a_model_or_case_say_why_in_one_line(review):

@@ -77,7 +77,7 @@ def stroke(app) -> None:
 
 def save(app) -> tuple[str, np.ndarray]:
     app.save_correction()
-    assert not app.load_errors, app.load_errors
+    assert not app.load_errors and not app.controller.state.last_error, app.controller.state.last_error
     path = app.recorder.get(app.controller.state.current_case.name).corrected_file
     return path, sitk.GetArrayFromImage(sitk.ReadImage(path))
 
@@ -138,11 +138,14 @@ def test_kept_heads_wait_while_painting_and_the_save_keeps_the_stroke(app):
     app._on_heads(le_heads=[first, last])  # the slider echoing the shown heads: nothing happens
     app._on_heads(le_heads=[first + 1, last])  # other heads while painting: refused, in one line
     assert app.controller.state.kept_heads == (first, last) and app.state.le_editing
-    assert app.load_errors and "save the correction" in app.load_errors[-1]
-    app.load_errors.clear()
+    assert "save the correction" in app.controller.state.last_error
+    assert "save the correction" in app.state.le_error and not app.load_errors  # the controller's line
     assert app.controller.state.current_case.segmentation_id == case.segmentation_id
     path, saved = save(app)
     np.testing.assert_array_equal(saved, painted)
+    # The refusal was about the open correction: once it is saved, the page no longer shows it.
+    assert not app.controller.state.correcting and not app.state.le_editing
+    assert app.controller.state.last_error == "" and not app.state.le_errors
     # Once saved, other heads recombine: the corrected node is kept, the new result goes beside it.
     app._on_heads(le_heads=[first + 1, last])
     shown = app.controller.state.current_case

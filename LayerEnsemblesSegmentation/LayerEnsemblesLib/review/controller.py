@@ -80,8 +80,9 @@ class ReviewController(ReviewActions):
             except Exception:  # noqa: BLE001 - a broken GUI callback must not break the review
                 log.exception("LayerEnsembles: a %s subscriber failed", event)
 
-    def _report_error(self, line: str) -> None:
+    def _report_error(self, line: str, from_action: bool = False) -> None:
         self.state.last_error = self.state.status = line
+        self.state.error_from_action = from_action
         self._emit("error", line)
         self._emit("state_changed", self.state)
 

@@ -14,7 +14,7 @@ import math
 import shutil
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from ..scene import (
     find_uncertain_regions,
     geometry_only,
@@ -30,24 +30,35 @@ from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
 from ..scene.results import add_heatmap, find_pending_regions
 from ..scene.surfaces import show_in_3d
 from . import cases as scene_cases
+from .corrections import save_correction as write_correction
 from .models import same_model
 
 log = logging.getLogger(__name__)
 BUNDLE_SUBFOLDER = "LayerEnsembles bundles"
+EDITING_REFUSAL = "kept heads not changed: save the correction being edited first"
 
 
 def action(method):
-    """Run an action; any failure becomes one line in an "error" event instead of an exception."""
+    """Run an action; any failure becomes one line in an "error" event instead of an exception.
+
+    An action's refusal ("kept heads are locked while a correction is open") stays shown only until an
+    action succeeds: by then it no longer describes the review, and a GUI that kept showing it would
+    report a problem the reviewer has already dealt with. A run's failures are not cleared this way.
+    """
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
-            return method(self, *args, **kwargs)
+            result = method(self, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - reported to the GUI in one line
             if not isinstance(error, InputError):
                 log.exception("LayerEnsembles: %s failed", method.__name__)
-            self._report_error(runtime.explain_error(error))
+            self._report_error(runtime.explain_error(error), from_action=True)
             return None
+        if result is not None and result is not False and self.state.error_from_action:
+            self.state.last_error, self.state.error_from_action = "", False
+            self._emit("state_changed", self.state)
+        return result
 
     return wrapper
 
@@ -175,6 +186,8 @@ class ReviewActions:
     def set_kept_heads(self, first: int, last: int) -> bool:
         """Kept heads, 1-based inclusive; recombines the shown case when it belongs to the loaded model."""
         first, last = int(round(first)), int(round(last))
+        if self.state.correcting and (first, last) != self.state.kept_heads:
+            raise InputError(EDITING_REFUSAL)
         count = self.state.model.head_count if self.state.model is not None else None
         if first < 1 or last < first or (count is not None and last > count):
             raise InputError(
@@ -272,7 +285,7 @@ class ReviewActions:
 
     def _step_case(self, step: int):
         if not self.state.cases:
-            self._report_error("no cases yet: segment a volume or a worklist first")
+            self._report_error("no cases yet: segment a volume or a worklist first", from_action=True)
             return None
         current = self.state.current if self.state.current is not None else -step
         return self.open_case((current + step) % len(self.state.cases))
@@ -331,6 +344,38 @@ class ReviewActions:
         """(segmentation node, source volume node) of the shown case, for a segment editor."""
         _, result = self._current()
         return self.context.node(result.segmentation_id), self.context.node(result.input_id)
+
+    @action
+    def begin_correction(self):
+        """Hand the shown case to a segment editor and lock its kept heads until the correction ends.
+
+        Other heads mean other voxels: recombined over a correction being painted, they would go into a
+        new node and leave the correction behind, hidden.
+        """
+        nodes = self.hand_off_for_correction()
+        if nodes:
+            self.state.correcting = True
+            self._changed()
+        return nodes
+
+    def end_correction(self) -> None:
+        """The editor is closed (saved or left): the kept heads can change again."""
+        if self.state.correcting:
+            self.state.correcting = False
+            self._changed()
+
+    @action
+    def save_correction(self, segmentation_node, input_node, folder) -> str:
+        """Write the edited segmentation as ``<case>_corrected[_N].nii.gz`` in ``folder`` (never over the
+        model's output or an earlier correction), end the correction and mark the case corrected."""
+        case, _ = self._current()
+        try:
+            path = write_correction(segmentation_node, input_node, folder, case.name)
+        except (OSError, ValueError) as error:
+            raise InputError(f"{case.name}: correction not saved ({first_line(error, 200)})") from error
+        self.state.correcting = False
+        self._decide("corrected")
+        return str(path)
 
     # -- scene -----------------------------------------------------------------------------------------
 

@@ -106,9 +106,11 @@ class ReviewState:
     current: int | None = None  # index into ``cases``
     region_index: int = -1  # the uncertain region last jumped to (0-based), -1 none
     region_count: int = 0
+    correcting: bool = False  # a segment editor edits the shown case: its kept heads are locked
     run: RunState = field(default_factory=RunState)
     status: str = ""  # one line for a status label
     last_error: str = ""  # the last error event's line
+    error_from_action: bool = False  # last_error is an action's refusal: cleared when an action succeeds
 
     @property
     def current_case(self) -> CaseState | None:

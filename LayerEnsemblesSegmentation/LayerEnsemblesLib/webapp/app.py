@@ -24,7 +24,6 @@ from undo_stack import UndoStack
 from ..errors import InputError, first_line
 from ..fileio import read_image
 from ..review.controller import ReviewController
-from ..review.corrections import save_correction
 from ..review.inputs import review_inputs
 from ..review.paths import AllowedRoots
 from ..review.recorder import ReviewRecorder
@@ -42,7 +41,6 @@ POLL_SECONDS = 0.15
 # SECOND_PART_WAIT_S after the first part, the second part runs anyway.
 FRAMES_QUIET_S = 0.05
 SECOND_PART_WAIT_S = 1.0
-EDITING_REFUSAL = "kept heads not changed: save the correction being edited first"
 TOOLS = {
     "paint": SegmentationEffectPaint,
     "erase": SegmentationEffectErase,
@@ -239,7 +237,7 @@ class ReviewWebApp(TrameApp):
     # -- actions ---------------------------------------------------------------------------------------
 
     def _act(self, name: str, *args):
-        if self.state.le_editing:
+        if self.controller.state.correcting:
             self.stop_editing()
         result = getattr(self.controller, name)(*args)
         self.publish()
@@ -284,12 +282,6 @@ class ReviewWebApp(TrameApp):
         first, last = (int(round(float(v))) for v in le_heads)
         if self.controller.state.kept_heads == (first, last):
             return
-        if self.state.le_editing:
-            # Other heads mean other voxels: over a correction being painted they would go into a new
-            # node, and the correction would be left behind, hidden. The slider goes back.
-            self.load_errors.append(EDITING_REFUSAL)
-            self.publish()
-            return
         self.host.hold_3d_views(True)
         try:
             self.controller.set_kept_heads(first, last)
@@ -333,17 +325,16 @@ class ReviewWebApp(TrameApp):
     # -- correction ------------------------------------------------------------------------------------
 
     def start_correction(self) -> None:
-        nodes = self.controller.hand_off_for_correction()
+        nodes = self.controller.begin_correction()
+        self.publish()
         if not nodes:
-            self.publish()
             return
         segmentation, volume = nodes
         self.host.editor.set_active_segmentation(segmentation, volume)
-        self.state.le_editing = True
         self.select_tool("paint")
 
     def select_tool(self, name: str) -> None:
-        if not self.state.le_editing or name not in TOOLS:
+        if not self.controller.state.correcting or name not in TOOLS:
             return
         self.host.editor.set_active_effect_type(TOOLS[name])
         self.state.le_tool = name
@@ -357,13 +348,14 @@ class ReviewWebApp(TrameApp):
         """(segmentation, volume) the Segment Editor is editing, None when not editing: a save writes what
         the reviewer painted, whatever the controller did with the case since."""
         editor = self.host.editor
-        if not self.state.le_editing or editor.active_segmentation_node is None:
+        if not self.controller.state.correcting or editor.active_segmentation_node is None:
             return None
         return editor.active_segmentation_node, editor.active_volume_node
 
     def stop_editing(self) -> None:
         self.host.editor.deactivate_effect()
-        self.state.le_editing, self.state.le_tool = False, ""
+        self.state.le_tool = ""
+        self.controller.end_correction()
 
     def save_correction(self) -> None:
         state = self.controller.state
@@ -373,15 +365,10 @@ class ReviewWebApp(TrameApp):
             self.publish()
             return
         segmentation, volume = self._edited_nodes() or nodes
-        try:
-            path = save_correction(segmentation, volume, self.roots.resolve(self.out), case.name)
-        except (InputError, OSError, ValueError) as error:
-            self.load_errors.append(f"{case.name}: correction not saved ({first_line(error, 200)})")
-            self.publish()
-            return
-        self.stop_editing()
-        self.recorder.note_correction(case.name, str(path))
-        self.controller.mark_corrected()
+        path = self.controller.save_correction(segmentation, volume, self.roots.resolve(self.out))
+        if path:
+            self.stop_editing()
+            self.recorder.note_correction(case.name, path)
         self.publish()
 
 

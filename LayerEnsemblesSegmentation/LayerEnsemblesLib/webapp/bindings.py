@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from ..review.queue_view import queue_rows
 from ..scene.heatmaps import HEATMAP_KINDS, HEATMAP_LABELS
+
+__all__ = ["page_state", "queue_rows", "worklist_rows"]
 
 DECISION_TEXT = {"accepted": "accepted (model)", "flagged": "flagged (model)"}
 REVIEWER_TEXT = {
@@ -67,31 +70,6 @@ def worklist_rows(state) -> list[dict[str, Any]]:
     return rows
 
 
-QUEUE_TEXT = {"queued": "queued", "running": "segmenting", "failed": "failed"}
-
-
-def queue_rows(state) -> list[dict[str, Any]]:
-    """The running batch's cases without a result yet, in run order: queued, segmenting (with its share
-    done, from the child's progress events) or failed. Empty when no run goes on."""
-    if not state.run.running:
-        return []
-    rows = []
-    for queued in state.run.cases:
-        text = QUEUE_TEXT.get(queued.status, queued.status)
-        if queued.status == "running":
-            text += f" {100.0 * queued.fraction:.0f}%"
-        rows.append(
-            {
-                "name": queued.name,
-                "status": QUEUE_TEXT.get(queued.status, queued.status),
-                "status_text": text,
-                "progress": round(100.0 * queued.fraction, 1),
-                "message": queued.message,
-            }
-        )
-    return rows
-
-
 def page_state(state) -> dict[str, Any]:
     """Every ``le_*`` variable the page shows, from the controller's ReviewState."""
     case = state.current_case
@@ -133,6 +111,7 @@ def page_state(state) -> dict[str, Any]:
         "le_opacity": round(float(state.heatmap_opacity), 2),
         "le_region_text": region,
         "le_error": state.last_error,
+        "le_editing": state.correcting,
         "le_status": state.status,
         "le_running": state.run.running,
         "le_progress": round(100.0 * state.run.progress, 1),
