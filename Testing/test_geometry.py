@@ -65,3 +65,34 @@ def test_flipping_the_axes_does_not_move_the_result(predictor):
     second = predictor.predict(flipped).segmentation
     back = sitk.GetArrayFromImage(sitk.Flip(second, [True, False, True]))
     assert (first == back).mean() > 0.999
+
+
+@pytest.mark.parametrize("is_label", [False, True])
+def test_results_go_onto_a_grid_without_voxels_exactly_as_onto_the_image(is_label):
+    """The review keeps each open case's input grid as an ImageGrid (no voxel buffer): resampling onto it
+    must give the very voxels and geometry that resampling onto the input image gives."""
+    from LayerEnsemblesLib.grids import ImageGrid
+    from LayerEnsemblesLib.preprocessing import NetworkGeometry, to_input_space
+    from LayerEnsemblesLib.scene.geometry import geometry_only
+
+    image, _ = sphere_image(size=(33, 29, 21), spacing=(0.7, 0.9, 2.5), origin=(4.0, -7.5, 12.0),
+                            direction=rotation("z", 25.0).flatten())  # fmt: skip
+    network = sitk.Resample(image, [24, 27, 53], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(),
+                            [1.0, 1.0, 1.0], image.GetDirection())  # fmt: skip
+    rng = np.random.default_rng(3)
+    values = rng.integers(0, 3, (53, 27, 24)) if is_label else rng.random((53, 27, 24))
+    array = np.pad(values.astype(np.uint8 if is_label else np.float32), [(1, 2), (0, 1), (2, 0)])
+    geometry = NetworkGeometry(network, [(1, 2), (0, 1), (2, 0)], array.shape)
+    grid = geometry_only(image)
+    assert isinstance(grid, ImageGrid) and grid == ImageGrid.of(grid)  # nothing but the geometry is kept
+    on_image = to_input_space(array, geometry, image, is_label)
+    on_grid = to_input_space(array, geometry, grid, is_label)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(on_grid), sitk.GetArrayViewFromImage(on_image))
+    assert on_grid.GetPixelID() == on_image.GetPixelID()
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(on_grid, getter)() == getattr(on_image, getter)() == getattr(grid, getter)()
+    # the same grid needs no resampling: the array is placed on it as it is
+    same = NetworkGeometry(image, [(0, 0)] * 3, tuple(reversed(image.GetSize())))
+    placed = to_input_space(sitk.GetArrayFromImage(image), same, grid, is_label=False)
+    assert placed.GetOrigin() == image.GetOrigin() and placed.GetDirection() == image.GetDirection()
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(placed), sitk.GetArrayViewFromImage(image))

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 
 from .contract import ModelMetadata, channel_normalizations
 from .errors import InputError
+from .grids import ImageGrid, place_on_grid, resample_onto
 
 MAX_ANISOTROPY = 6.0
 
@@ -202,9 +203,10 @@ def label_to_network_space(
 
 
 def to_input_space(
-    array: np.ndarray, geometry: NetworkGeometry, input_image: sitk.Image, is_label: bool
+    array: np.ndarray, geometry: NetworkGeometry, input_image: sitk.Image | ImageGrid, is_label: bool
 ) -> sitk.Image:
-    """Map a network-space array [z, y, x] back onto ``input_image``'s exact grid."""
+    """Map a network-space array [z, y, x] back onto ``input_image``'s exact grid (the image or its
+    ImageGrid)."""
     slices = tuple(
         slice(before, size - after)
         for (before, after), size in zip(geometry.padding, array.shape, strict=True)
@@ -213,10 +215,8 @@ def to_input_space(
     image = sitk.GetImageFromArray(cropped)
     image.CopyInformation(geometry.reference)
     if same_grid(image, input_image):  # nothing to interpolate: skip a full-volume resample
-        image.CopyInformation(input_image)
-        return image
-    interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear
-    return sitk.Resample(image, input_image, sitk.Transform(), interpolator, 0, image.GetPixelID())
+        return place_on_grid(image, input_image)
+    return resample_onto(image, input_image, sitk.sitkNearestNeighbor if is_label else sitk.sitkLinear)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:

@@ -31,6 +31,7 @@ from ..contract import ModelMetadata
 from ..devices import resolve_device
 from ..errors import InputError, first_line
 from ..fileio import Output, write_outputs, zip_output
+from ..grids import ImageGrid
 from ..preprocessing import NetworkGeometry
 from .reduction import HeadStream
 from .results import (
@@ -225,7 +226,7 @@ def _session(
         members,
         stream,
         geometry,
-        _image_on(document["input_grid"]),
+        _input_grid(document["input_grid"]),
         str(document["source"]),
         str(identity.get("path", "")),
         dict(document.get("window") or {}),
@@ -266,6 +267,14 @@ def _image_on(grid: dict[str, Any]) -> sitk.Image:
     image.SetOrigin([float(v) for v in grid["origin"]])
     image.SetDirection([float(v) for v in grid["direction"]])
     return image
+
+
+def _input_grid(grid: dict[str, Any]) -> ImageGrid:
+    """The input's grid without voxels: a review keeps it per case while the case is open."""
+    size = [int(s) for s in grid["size"]]
+    if len(size) != 3:
+        raise ValueError(f"grid size {size}")
+    return ImageGrid.from_lists(size, grid["spacing"], grid["origin"], grid["direction"])
 
 
 def _plain(value: Any) -> Any:

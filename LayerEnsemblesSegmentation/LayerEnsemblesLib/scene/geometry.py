@@ -14,6 +14,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import InputError
+from ..grids import ImageGrid, place_on_grid
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -97,17 +98,13 @@ def oriented_image_from_array(array: np.ndarray, reference: sitk.Image) -> slice
     return oriented
 
 
-def geometry_only(image: sitk.Image) -> sitk.Image:
-    """An image with ``image``'s grid and one byte per voxel, for code that reads only the geometry.
+def geometry_only(image: sitk.Image) -> ImageGrid:
+    """``image``'s grid without its voxels, for code that reads only the geometry.
 
     The review keeps a reference grid per case for as long as the case is open; holding the input's
-    voxels there (float32 or float64) would cost four to eight times as much memory for nothing.
+    voxels there (float32 or float64), or even one byte per voxel, would cost memory for nothing.
     """
-    if image.GetPixelID() == sitk.sitkUInt8 and image.GetNumberOfComponentsPerPixel() == 1:
-        return image
-    grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
-    grid.CopyInformation(image)
-    return grid
+    return ImageGrid.of(image)
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
@@ -161,10 +158,7 @@ def uncrop(image: sitk.Image, reference: sitk.Image, index, fill: float) -> sitk
     """Paste a result computed on a crop back into the full reference grid, ``fill`` elsewhere."""
     if index is None or same_geometry(image, reference):
         return image
-    canvas = sitk.Image(reference.GetSize(), image.GetPixelID())
-    canvas.CopyInformation(reference)
+    canvas = place_on_grid(sitk.Image(reference.GetSize(), image.GetPixelID()), reference)
     if fill:
-        canvas = canvas + fill
-        canvas = sitk.Cast(canvas, image.GetPixelID())
-        canvas.CopyInformation(reference)
+        canvas = place_on_grid(sitk.Cast(canvas + fill, image.GetPixelID()), reference)
     return sitk.Paste(canvas, image, image.GetSize(), [0, 0, 0], [int(v) for v in index])

@@ -27,6 +27,7 @@ from ..review.controller import ReviewController
 from ..review.inputs import review_inputs
 from ..review.paths import AllowedRoots
 from ..review.recorder import ReviewRecorder
+from ..scene import runtime
 from ..scene.geometry import add_volume_from_image
 from .bindings import page_state, worklist_rows
 from .curve import curve_from_scene, curve_svg
@@ -35,6 +36,10 @@ from .ui import build_ui
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.15
+# Once the page has been quiet this long after a change (no action, no frame pushed), the heap's freed
+# pages go back to the system. The recombination, the resampling and the frames free tens of megabytes
+# that glibc would otherwise keep (35 MiB on a 256 x 256 x 160 case), and the moment is one nobody waits.
+IDLE_BEFORE_TRIM_S = 1.0
 # A kept-heads change is shown in two parts: the slice views' frames first, then the uncertain regions and
 # the 3D view, once the slice views have drawn and their frames have gone out (no push for this long):
 # the second part holds the GIL and the event loop, and would hold the frames back. At most
@@ -76,6 +81,7 @@ class ReviewWebApp(TrameApp):
         self._started = False
         self._drawn = None
         self._dirty = False  # the controller's state changed since the page was last updated
+        self._trim_due = 0.0  # time.monotonic() of the last publish whose freed memory is still kept
         self.controller.subscribe("state_changed", self._mark_dirty)
         self.controller.set_device(device)
         self.recorder.restore_settings(self.controller)  # the heatmap kind of an earlier server
@@ -131,9 +137,24 @@ class ReviewWebApp(TrameApp):
                 elif self.recorder.pending_resume(self.controller.state):
                     self.recorder.resume(self.controller, self.host.context)
                     self.publish()
+                elif self._trim_due and self._quiet_since(self._trim_due):
+                    self._trim_due = 0.0
+                    runtime.release_freed_memory()
             except Exception:  # noqa: BLE001 - the timer must survive anything; the error is logged
                 log.exception("LayerEnsembles review: poll failed")
             await asyncio.sleep(POLL_SECONDS)
+
+    def _quiet_since(self, changed: float) -> bool:
+        """No run, no redraw half done, and no frame for ``IDLE_BEFORE_TRIM_S`` after the change at
+        ``changed``."""
+        now = time.monotonic()
+        return (
+            now - changed >= IDLE_BEFORE_TRIM_S
+            and now - self.host.last_frame_pushed() >= IDLE_BEFORE_TRIM_S
+            and not self.controller.running
+            and not self.controller.redraw_pending
+            and not self.host.slice_render_pending()
+        )
 
     # -- start-up --------------------------------------------------------------------------------------
 
@@ -211,6 +232,7 @@ class ReviewWebApp(TrameApp):
         Each action publishes once when it is done; changes the controller makes on its own (a run's
         progress and results) are published by the poll timer."""
         self._dirty = False
+        self._trim_due = time.monotonic()
         state = self.controller.state
         values = page_state(state)
         errors = [line for line in (*self.load_errors, *self.recorder.errors, state.last_error) if line]
