@@ -20,7 +20,7 @@ from cli_runner import run_cli
 from engine_models import export_intensity_model, oblique_volume, sphere_image
 from LayerEnsemblesLib.inference import Predictor
 from LayerEnsemblesLib.inference.bundle import load_bundle
-from LayerEnsemblesLib.review.engine_process import EngineProcess
+from LayerEnsemblesLib.review.engine_process import ENGINE_NICENESS, EngineProcess
 
 EVENT_TIMEOUT = 240  # seconds: two shared CPU cores, and each child imports torch
 
@@ -145,6 +145,9 @@ def test_cancel_mid_run_terminates_the_child_and_leaves_no_file(tmp_path, tiny_m
     events = collect(process, until=lambda events: "case_done" in names(events))
     assert not process.done and process.output_dir.is_dir() and any(process.output_dir.iterdir())
     pid = process.pid
+    if hasattr(os, "getpriority"):  # the engine runs below the GUI's priority (ENGINE_NICENESS)
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + ENGINE_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == expected
     process.cancel()
     assert process.done and process.cancelled and process.returncode != 0
     assert process.poll() == []  # nothing arrives after a cancel

@@ -31,11 +31,16 @@ from pathlib import Path
 from typing import IO, Any
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding LayerEnsemblesLib
+# The engine runs below the GUI's priority: on a machine with few cores its network pass would otherwise
+# take the CPU from the views the reviewer is looking at (Slicer's, or the web app's server and browser).
+ENGINE_NICENESS = 5
 # -c rather than -m: a launcher such as PythonSlicer may set its own PYTHONPATH
 CHILD_PROGRAM = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    f"import os, sys; hasattr(os, 'nice') and os.nice({ENGINE_NICENESS}); "
+    "sys.path.insert(0, sys.argv.pop(1)); "
     "from LayerEnsemblesLib.cli import main; sys.exit(main(sys.argv[1:]))"
 )
+BELOW_NORMAL_PRIORITY = getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0)  # the same on Windows
 STDERR_LINES_KEPT = 50
 DEFAULT_GRACE_SECONDS = 3.0
 
@@ -98,7 +103,8 @@ class EngineProcess:
                 encoding="utf-8",
                 errors="replace",
                 env=child_env,
-                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
+                # no console window on Windows
+                creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0) | BELOW_NORMAL_PRIORITY,
             )
         except OSError as error:
             shutil.rmtree(self.output_dir, ignore_errors=True)
