@@ -49,9 +49,9 @@ def json_output(document: Any) -> Output:
     return text_output(json.dumps(document, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
-def image_output(image: sitk.Image) -> Output:
+def image_output(image: sitk.Image, compress: bool = True) -> Output:
     return Output(
-        lambda t: sitk.WriteImage(image, str(t), useCompression=True), lambda t: _verify_image(t, image)
+        lambda t: sitk.WriteImage(image, str(t), useCompression=compress), lambda t: _verify_image(t, image)
     )
 
 
@@ -208,8 +208,11 @@ def atomic_write_json(path: str | Path, document: Any, overwrite: bool = False) 
     return _atomic_write(Path(path), json_output(document), overwrite)
 
 
-def atomic_write_image(path: str | Path, image: sitk.Image, overwrite: bool = False) -> Path:
-    return _atomic_write(Path(path), image_output(image), overwrite)
+def atomic_write_image(
+    path: str | Path, image: sitk.Image, overwrite: bool = False, compress: bool = True
+) -> Path:
+    """``compress=False`` for a file read once right away (a child's input): gzip is most of the cost."""
+    return _atomic_write(Path(path), image_output(image, compress), overwrite)
 
 
 def _json_default(value: Any) -> Any:
