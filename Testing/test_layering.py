@@ -124,3 +124,23 @@ def test_importing_the_whole_engine_loads_no_slicer_vtk_or_qt():
                                timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "[]"
+
+
+def test_the_review_server_starts_and_reads_its_model_without_importing_torch():
+    """torch's import takes 1.5 s and 190 MiB; the web app's page and first views must not wait for it
+    (it comes with the first result). Slicer's panel also summarises a model before PyTorch is installed."""
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import LayerEnsemblesLib.webapp.app;"
+        "from LayerEnsemblesLib.scene import create_scene;"
+        "from LayerEnsemblesLib.review.controller import ReviewController;"
+        "from LayerEnsemblesLib.review.models import DEMO_MODEL;"
+        "controller = ReviewController(create_scene());"
+        "assert controller.load_model(DEMO_MODEL), controller.state.last_error;"
+        "assert controller.state.model.head_count == 8 and 'hippocampus' in controller.state.model.summary;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:5])"
+    )
+    completed = subprocess.run([sys.executable, "-c", script, str(PACKAGE_DIR.parent)], capture_output=True,
+                               text=True, timeout=300)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[]"

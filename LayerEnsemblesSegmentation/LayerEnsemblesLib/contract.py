@@ -13,9 +13,10 @@ import json
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from .errors import InputError, first_line
 from .fileio import atomic_write_bytes
@@ -215,6 +216,8 @@ def load_model(
     only, and its metadata lists that member's heads. Every reader that loads through here (the
     Predictor, hence segment, evaluate and the review engine) takes the same view.
     """
+    import torch  # here, not at import: reading metadata (the review server, Slicer's panel) needs no torch
+
     metadata = _read_metadata(path)
     if member is not None:  # a bad member is refused before the network is loaded
         from .members import member_index, member_metadata, member_view

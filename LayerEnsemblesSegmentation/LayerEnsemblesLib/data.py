@@ -22,11 +22,10 @@ import torch
 
 from .contract import ModelMetadata
 from .errors import InputError
-from .fileio import read_image, read_json_object
+from .fileio import IMAGE_SUFFIXES, case_id_from_path, read_image, read_json_object
 from .grids import check_same_grid
 from .preprocessing import label_to_network_space, to_network_space
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
 MAX_FOREGROUND_SAMPLES = 20000  # foreground voxel coordinates kept per class for patch sampling
 
 
@@ -66,14 +65,6 @@ class PreparedCase:
             for (before, after), size in zip(self.padding, array.shape[-3:], strict=False)
         )
         return array[(Ellipsis, *slices)]
-
-
-def case_id_from_path(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def read_dataset_json(path: str | Path) -> DatasetSource:

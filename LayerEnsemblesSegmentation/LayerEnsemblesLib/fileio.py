@@ -24,6 +24,17 @@ import SimpleITK as sitk
 
 from .errors import InputError
 
+# the image files a folder of cases is read from (SimpleITK's readers for them)
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".tif", ".tiff")
+
+
+def case_id_from_path(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
 
 class Output:
     """One file to write: how to write it to a temporary path, and how to prove the result complete.

@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .metadata_schema import DEFAULT_AULA_THRESHOLD  # noqa: F401 - kept importable from here
+
 UNION = "union"
 
-# With no calibrated threshold in the model, 0.90 separates the paper's two worked examples (normalised
-# AULA 7.84/8 = 0.98 for an easy case and 7.01/8 = 0.876 for a hard one) and matches the 0.90 Dice the
-# paper used as its quality bar for the combined cardiac structures. Calibrate per model when possible.
-DEFAULT_AULA_THRESHOLD = 0.90
 
 
 @dataclass

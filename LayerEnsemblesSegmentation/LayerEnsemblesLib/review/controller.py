@@ -48,7 +48,7 @@ class ReviewController(ReviewActions):
         engine_factory: EngineFactory | None = None,
     ):
         self.context = context
-        self.state = ReviewState(torch_summary=runtime.torch_summary())
+        self.state = ReviewState()  # torch summary: refresh_devices (importing torch takes seconds)
         self.bundle_folder = Path(bundle_folder) if bundle_folder else default_bundle_folder()
         self.python_executable = python_executable or sys.executable
         self._engine_factory = engine_factory or default_engine_factory

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data import IMAGE_SUFFIXES, case_id_from_path
 from ..errors import InputError
+from ..fileio import IMAGE_SUFFIXES, case_id_from_path
 from .corrections import CORRECTED_SUFFIX
 
 REPORT_SUFFIX = "_report.json"

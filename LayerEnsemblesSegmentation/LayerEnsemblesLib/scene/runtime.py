@@ -89,14 +89,11 @@ def model_summary(model_path: str | Path | None) -> dict[str, Any]:
         return {"text": "No model selected. Choose a .pt file exported with `layer-ensembles export`."}
     if not os.path.isfile(path):
         return {"text": f"{path}: file not found."}
-    if not torch_available():
-        return {
-            "text": f"{os.path.basename(path)}\nPyTorch is not installed yet: the model summary appears "
-            "once the first run has installed it."
-        }
+    # Only the metadata is read (no torch): Slicer can show it before PyTorch is installed, and the review
+    # server's start does not wait for torch's import.
     from ..commands.info import describe
     from ..contract import read_metadata
-    from ..inference import DEFAULT_AULA_THRESHOLD
+    from ..metadata_schema import DEFAULT_AULA_THRESHOLD
 
     try:
         metadata = read_metadata(path)
