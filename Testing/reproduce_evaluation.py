@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
 
     runs = {f"plain-seed{i}": (1000 + i, 0.0) for i in range(args.members)}
     runs["dropout"] = (2000, args.dropout)
+
+    def train_run(name: str) -> Path:
+        seed, dropout = runs[name]
+        work = args.work / name
+        return train_baseline(base, work, seed, split_seed, dropout, name, args.epochs, args.device)
+
     if args.train_only:
         chosen = args.train_only.split(",")
         unknown = sorted(set(chosen) - set(runs))
@@ -117,17 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             choices = ", ".join(runs)
             raise SystemExit(f"--train-only: unknown run(s) {', '.join(unknown)}; choose from {choices}")
         for name in chosen:
-            seed, dropout = runs[name]
-            train_baseline(base, args.work / name, seed, split_seed, dropout, name, args.epochs, args.device)
+            train_run(name)
         return 0
 
-    members = [
-        train_baseline(base, args.work / f"plain-seed{i}", 1000 + i, split_seed, 0.0, f"plain-seed{i}",
-                       args.epochs, args.device)
-        for i in range(args.members)
-    ]  # fmt: skip
-    dropout_run = train_baseline(base, args.work / "dropout", 2000, split_seed, args.dropout, "dropout",
-                                 args.epochs, args.device)  # fmt: skip
+    members = [train_run(f"plain-seed{i}") for i in range(args.members)]
+    dropout_run = train_run("dropout")
     expected = _split(args.le_run)["validation"]
     for model in [*members, dropout_run]:
         if _split(model.parent)["validation"] != expected:

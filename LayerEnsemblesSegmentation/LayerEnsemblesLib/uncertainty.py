@@ -33,7 +33,6 @@ from .metadata_schema import DEFAULT_AULA_THRESHOLD  # noqa: F401 - kept importa
 UNION = "union"
 
 
-
 @dataclass
 class AulaResult:
     """Image-level agreement of adjacent kept heads; keys are foreground class names and ``"union"``."""

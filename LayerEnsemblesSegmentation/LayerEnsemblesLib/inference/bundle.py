@@ -31,7 +31,7 @@ from ..contract import ModelMetadata
 from ..devices import resolve_device
 from ..errors import InputError, first_line
 from ..fileio import Output, write_outputs, zip_output
-from ..grids import ImageGrid
+from ..grids import ImageGrid, place_on_grid
 from ..preprocessing import NetworkGeometry
 from .reduction import HeadStream
 from .results import (
@@ -226,7 +226,7 @@ def _session(
         members,
         stream,
         geometry,
-        _input_grid(document["input_grid"]),
+        _stored_grid(document["input_grid"]),
         str(document["source"]),
         str(identity.get("path", "")),
         dict(document.get("window") or {}),
@@ -259,18 +259,12 @@ def _grid(image: sitk.Image) -> dict[str, list[float] | list[int]]:
 
 def _image_on(grid: dict[str, Any]) -> sitk.Image:
     """An empty image on a stored grid: the engine reads only the geometry of its reference images."""
-    size = [int(s) for s in grid["size"]]
-    if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"grid size {size}")
-    image = sitk.Image(size, sitk.sitkUInt8)
-    image.SetSpacing([float(v) for v in grid["spacing"]])
-    image.SetOrigin([float(v) for v in grid["origin"]])
-    image.SetDirection([float(v) for v in grid["direction"]])
-    return image
+    stored = _stored_grid(grid)
+    return place_on_grid(sitk.Image(list(stored.size), sitk.sitkUInt8), stored)
 
 
-def _input_grid(grid: dict[str, Any]) -> ImageGrid:
-    """The input's grid without voxels: a review keeps it per case while the case is open."""
+def _stored_grid(grid: dict[str, Any]) -> ImageGrid:
+    """A stored grid without voxels: the input's is kept per case while a review has the case open."""
     size = [int(s) for s in grid["size"]]
     if len(size) != 3:
         raise ValueError(f"grid size {size}")

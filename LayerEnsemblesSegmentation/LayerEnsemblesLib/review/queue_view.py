@@ -18,13 +18,12 @@ def queue_rows(state) -> list[dict[str, Any]]:
         return []
     rows = []
     for queued in state.run.cases:
-        text = QUEUE_TEXT.get(queued.status, queued.status)
-        if queued.status == "running":
-            text += f" {100.0 * queued.fraction:.0f}%"
+        status = QUEUE_TEXT.get(queued.status, queued.status)
+        text = f"{status} {100.0 * queued.fraction:.0f}%" if queued.status == "running" else status
         rows.append(
             {
                 "name": queued.name,
-                "status": QUEUE_TEXT.get(queued.status, queued.status),
+                "status": status,
                 "status_text": text,
                 "progress": round(100.0 * queued.fraction, 1),
                 "message": queued.message,
