@@ -103,7 +103,9 @@ def write_heatmap(
 def write_display_values(kind: str, image: sitk.Image, num_classes: int, out: np.ndarray) -> None:
     """``display_image``'s values written into ``out`` (float32, z y x); the same numbers, bit for bit."""
     if kind != "agreement":
-        out[...] = sitk.GetArrayViewFromImage(display_image(kind, image, num_classes))
+        # Held in a name: a view does not keep its image alive, and a temporary's buffer is freed at once.
+        shown = display_image(kind, image, num_classes)
+        out[...] = sitk.GetArrayViewFromImage(shown)
         return
     agreement = sitk.GetArrayViewFromImage(image)
     if agreement.dtype != np.float32:
