@@ -10,6 +10,7 @@ from LayerEnsemblesLib.scene import (
     add_volume_from_image,
     create_scene,
     crop_to_box,
+    grid_from_volume,
     image_from_volume,
     lps_to_ras,
     roi_corners_ras,
@@ -45,6 +46,10 @@ def test_volume_round_trip_keeps_voxels_and_geometry(context):
     np.testing.assert_allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-9)
     np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-9)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    # the grid read without the voxels is the very grid of the copy (the oblique direction included)
+    grid = grid_from_volume(volume)
+    for getter in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(grid, getter)() == getattr(back, getter)(), getter
 
 
 def test_a_voxel_lands_at_the_same_physical_point_in_both_conventions(context):
@@ -62,8 +67,9 @@ def test_transformed_volume_is_refused_with_an_actionable_message(context):
     volume = add_volume_from_image(context.scene, blob_image(), "moved")
     transform = context.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     volume.SetAndObserveTransformNodeID(transform.GetID())
-    with pytest.raises(InputError, match="harden the transform"):
-        image_from_volume(volume)
+    for convert in (image_from_volume, grid_from_volume):
+        with pytest.raises(InputError, match="harden the transform"):
+            convert(volume)
 
 
 def test_roi_crop_and_uncrop_restore_the_input_grid(context):

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import InputError, first_line
 from ..scene import (
     find_uncertain_regions,
-    geometry_only,
+    grid_from_volume,
     image_from_volume,
     is_user_edited,
     jump_to_region,
@@ -90,7 +90,7 @@ class ReviewActions:
     def _reference(self, result):
         reference = self._references.get(result.segmentation_id)
         if reference is None:
-            reference = geometry_only(image_from_volume(self.context.node(result.input_id)))
+            reference = grid_from_volume(self.context.node(result.input_id))
             self._references[result.segmentation_id] = reference
         return reference
 

@@ -53,6 +53,30 @@ def apply_image_geometry(volume_node, image: sitk.Image) -> None:
 
 def image_from_volume(volume_node) -> sitk.Image:
     """A copy of a scalar volume node as a SimpleITK image with the same physical geometry."""
+    array = _checked_voxels(volume_node)
+    return place_on_grid(sitk.GetImageFromArray(np.array(array, copy=True)), grid_from_volume(volume_node))
+
+
+def grid_from_volume(volume_node) -> ImageGrid:
+    """The grid (LPS) ``image_from_volume`` would give, without copying a voxel.
+
+    Recombining a reopened case reads only its input's geometry; a float copy of a large volume for
+    that would cost its whole size in memory and a pass over it.
+    """
+    array = _checked_voxels(volume_node)
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASDirectionMatrix(matrix)
+    ras_direction = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
+    return ImageGrid.from_lists(
+        tuple(reversed(array.shape)),
+        volume_node.GetSpacing(),
+        ras_to_lps(volume_node.GetOrigin()),
+        tuple((LPS_TO_RAS @ ras_direction).ravel()),
+    )
+
+
+def _checked_voxels(volume_node) -> np.ndarray:
+    """The node's voxels as a view (z, y, x), after the checks every conversion to an image needs."""
     if volume_node is None or volume_node.GetImageData() is None:
         raise InputError("input volume: no volume selected, or the volume has no image data")
     if volume_node.GetParentTransformNode() is not None:
@@ -65,14 +89,7 @@ def image_from_volume(volume_node) -> sitk.Image:
         raise InputError(
             f"{volume_node.GetName()}: expected a single-component 3D volume, got shape {array.shape}"
         )
-    image = sitk.GetImageFromArray(np.array(array, copy=True))
-    image.SetSpacing(volume_node.GetSpacing())
-    image.SetOrigin(ras_to_lps(volume_node.GetOrigin()))
-    matrix = vtk.vtkMatrix4x4()
-    volume_node.GetIJKToRASDirectionMatrix(matrix)
-    ras_direction = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
-    image.SetDirection(tuple((LPS_TO_RAS @ ras_direction).ravel()))
-    return image
+    return array
 
 
 def update_volume_from_image(volume_node, image: sitk.Image) -> None:
