@@ -46,7 +46,8 @@ class AulaResult:
 
     @property
     def score(self) -> float:
-        """The normalised union AULA: the number the accept/flag decision uses."""
+        """The normalised union AULA. The accept/flag decision uses the model's ``decision_score``
+        instead (``decision_scores.score_value``), which for the shipped model is the class mean."""
         return self.normalized[UNION]
 
     def to_dict(self) -> dict:
