@@ -159,6 +159,11 @@ def test_report_files(evaluation):
     assert len(failure_rows) == 4 and sum("[" in row for row in failure_rows) == 2
     assert "| **LE** | 4 |" in report  # reference row of Table 1 over 2 cases x 2 conditions
     assert "| DE | entropy (sum) |" in report
+    # the DE's metadata names an AULA decision score it has no column for: its main score stays its
+    # mutual information (not the first column it has), in the paired comparison with the reference
+    run = json.loads((out / "run.json").read_text())
+    assert {m["name"]: m["decision_score"] for m in run["methods"]}["DE"] == "aula_norm_union"
+    assert "| DE: mutual information (sum) |" in report
     for figure in ("fig2_qc.png", "fig2_qc_main.png", "fig3_heads.png", "scores_vs_dice.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({figure})" in report

@@ -306,13 +306,17 @@ def quality_control(
 
 
 def main_score_for(data: EvaluationData, method: str, available: Sequence[str]) -> str | None:
-    """A layer ensemble's decision score (run.json records it), else the kind's usual best score."""
+    """A method's decision score where it has one (run.json records the model's), else its kind's usual
+    best score, else the entropy sum.
+
+    Every model's metadata names a decision score, an AULA one by default even for a deep ensemble or
+    MC dropout, which have no AULA: a recorded score the method's rows do not have is passed over, so
+    that such a baseline is compared on its mutual information and not on whichever column comes first.
+    """
     recorded = {m.get("name"): m.get("decision_score") for m in data.run.get("methods", [])}
-    preferred = recorded.get(method) or MAIN_SCORE.get(data.kinds.get(method, ""), "entropy_sum")
-    if data.kinds.get(method) == "layer_ensemble" and preferred not in available:
-        preferred = "entropy_sum"  # the plain baseline: one kept head, no AULA
-    if preferred in available:
-        return preferred
+    for candidate in (recorded.get(method), MAIN_SCORE.get(data.kinds.get(method, "")), "entropy_sum"):
+        if candidate and candidate in available:
+            return candidate
     return next(iter(available), None)
 
 
