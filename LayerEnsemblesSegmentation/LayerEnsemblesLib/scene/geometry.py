@@ -54,7 +54,7 @@ def apply_image_geometry(volume_node, image: sitk.Image) -> None:
 def image_from_volume(volume_node) -> sitk.Image:
     """A copy of a scalar volume node as a SimpleITK image with the same physical geometry."""
     array = _checked_voxels(volume_node)
-    return place_on_grid(sitk.GetImageFromArray(np.array(array, copy=True)), grid_from_volume(volume_node))
+    return place_on_grid(sitk.GetImageFromArray(np.array(array, copy=True)), _grid_of(volume_node, array))
 
 
 def grid_from_volume(volume_node) -> ImageGrid:
@@ -63,7 +63,11 @@ def grid_from_volume(volume_node) -> ImageGrid:
     Recombining a reopened case reads only its input's geometry; a float copy of a large volume for
     that would cost its whole size in memory and a pass over it.
     """
-    array = _checked_voxels(volume_node)
+    return _grid_of(volume_node, _checked_voxels(volume_node))
+
+
+def _grid_of(volume_node, array: np.ndarray) -> ImageGrid:
+    """The LPS grid of a checked volume node whose voxels (z, y, x) are ``array``."""
     matrix = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASDirectionMatrix(matrix)
     ras_direction = np.array([[matrix.GetElement(r, c) for c in range(3)] for r in range(3)])
